@@ -1,0 +1,177 @@
+"""``python -m dreamy``: dream, recall, presets and info from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from .errors import Cancelled, DreamyError
+
+# CLI flag -> dream setting, with the type argparse parses it as
+_DREAM_FLAGS = {
+    "prompt": str,
+    "negative_prompt": str,
+    "guidance": float,
+    "steps": int,
+    "width": int,
+    "height": int,
+    "sampler": str,
+    "precision": str,
+}
+
+
+def default_model() -> str:
+    from .sources import DEFAULT_MODEL
+
+    return os.environ.get("DREAMY_MODEL") or DEFAULT_MODEL
+
+
+def _unlock_arg(value: str | None):
+    if value in (None, "", "all"):
+        return True
+    return [v.strip().replace("-", "_") for v in value.split(",") if v.strip()]
+
+
+def _progress_bar(total_label: str):
+    from tqdm.auto import tqdm
+
+    bars = []
+
+    def on_progress(p) -> None:
+        if not bars:  # created on the first step, so loading messages and errors print cleanly
+            bars.append(tqdm(total=1.0, unit="", bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}",
+                             desc=total_label, mininterval=0.5))
+        bar = bars[0]
+        bar.n = round(p.fraction, 4)
+        bar.set_postfix_str(p.message, refresh=False)
+        bar.refresh()
+
+    class _Closer:
+        def close(self) -> None:
+            for b in bars:
+                b.close()
+
+    return _Closer(), on_progress
+
+
+def _with_cancel(run):
+    """Ctrl-C stops at the next step boundary instead of killing mid-write."""
+    from .events import CancelToken
+
+    token = CancelToken()
+    previous = signal.signal(signal.SIGINT, lambda *_: token.cancel())
+    try:
+        return run(token)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def cmd_dream(args: argparse.Namespace) -> int:
+    from .dream import dream
+
+    overrides = {k: getattr(args, k) for k in _DREAM_FLAGS if getattr(args, k) is not None}
+    bar, on_progress = _progress_bar("dream")
+    try:
+        results = _with_cancel(lambda token: dream(
+            args.model, args.preset, args.seeds, overrides=overrides, unlock=args.unlock,
+            out_dir=args.out, batch_size=args.batch_size, device=args.device,
+            on_progress=on_progress, cancel=token, contact_sheet=not args.no_contact_sheet,
+        ))
+    finally:
+        bar.close()
+    for r in results:
+        print(r.path)
+    if len(results) > 1 and not args.no_contact_sheet:
+        print(Path(args.out) / "contact-sheet.png")
+    return 0
+
+
+def cmd_recall(args: argparse.Namespace) -> int:
+    from .dream import recall
+
+    r = recall(args.image, args.out, model=args.model, device=args.device, allow_model_change=args.allow_model_change)
+    print(r.path)
+    return 0
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    from .presets import list_presets, load_preset, preset_fields
+
+    if not args.name:
+        for name in list_presets():
+            p = load_preset(name)
+            print(f"{name:16s} {p.description}")
+        return 0
+    p = load_preset(args.name)
+    print(f"{p.name}: {p.description}\n({p.path})")
+    for job in ("dream", "train", "enlarge"):
+        print(f"\n[{job}]")
+        for k, v in preset_fields(p, job).items():
+            lock = "locked" if k in p.locked.get(job, ()) else ""
+            print(f"  {k:28s} {v!r:52s} {lock}")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .metadata import read_recipe
+
+    print(json.dumps(read_recipe(Path(args.image)).to_dict(), indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m dreamy", description="Dreamy: latent space photography.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("dream", help="dream one image per seed with a preset")
+    d.add_argument("--model", default=None, help="'tiny' (offline demo), a hub id, a diffusers folder or a "
+                   ".safetensors/.ckpt file (default: $DREAMY_MODEL or stable-diffusion-v1-5/stable-diffusion-v1-5)")
+    d.add_argument("--preset", default="biased-dreams", help="preset name or .toml path (default: biased-dreams)")
+    d.add_argument("--seeds", default="0", help="7 | 0-15 | 1,5,9 | 100-200:10 (default: 0)")
+    d.add_argument("--out", required=True, help="output folder")
+    for name, tp in _DREAM_FLAGS.items():
+        d.add_argument(f"--{name.replace('_', '-')}", dest=name, type=tp, default=None)
+    d.add_argument("--unlock", nargs="?", const="all", default=None, type=str,
+                   help="allow changing locked settings: all of them, or a comma list (e.g. guidance,steps)")
+    d.add_argument("--batch-size", type=int, default=1, help="seeds per batch on the GPU (images do not change)")
+    d.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:1, mps")
+    d.add_argument("--no-contact-sheet", action="store_true")
+    d.set_defaults(func=cmd_dream)
+
+    r = sub.add_parser("recall", help="re-create an image from the recipe in its PNG")
+    r.add_argument("image")
+    r.add_argument("--out", required=True)
+    r.add_argument("--model", default=None, help="load this source instead of the recipe's (hash still checked)")
+    r.add_argument("--device", default=None)
+    r.add_argument("--allow-model-change", action="store_true", help="re-dream even if the model's hash differs")
+    r.set_defaults(func=cmd_recall)
+
+    p = sub.add_parser("presets", help="list presets, or show one with its locks")
+    p.add_argument("name", nargs="?")
+    p.set_defaults(func=cmd_presets)
+
+    i = sub.add_parser("info", help="print the recipe stored in a PNG")
+    i.add_argument("image")
+    i.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "command", None) == "dream":
+        args.unlock = _unlock_arg(args.unlock) if args.unlock is not None else ()
+        args.model = args.model or default_model()
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    try:
+        return args.func(args)
+    except Cancelled as e:
+        print(f"stopped: {e}", file=sys.stderr)
+        return 130
+    except DreamyError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

@@ -1,0 +1,76 @@
+"""Write CLIP tokenizer folders (vocab.json + merges.txt) that `CLIPTokenizer.from_pretrained` reads.
+
+Two vocabularies:
+- ``write_byte_tokenizer``: a small byte-level vocabulary with no merges, for the tiny demo model.
+  Every string still tokenizes (one token per character), so the demo runs any prompt.
+- ``write_bpe_tokenizer``: the real CLIP vocabulary (49408 tokens) rebuilt from OpenAI's BPE merge
+  list ``bpe_simple_vocab_16e6.txt.gz``, which installed packages such as open_clip ship. The vocab
+  order follows CLIP's simple tokenizer: 256 byte symbols, the same with ``</w>``, one token per merge,
+  then the two special tokens.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+BOS, EOS = "<|startoftext|>", "<|endoftext|>"
+# CLIP's BPE file has 262145 lines: a version header, then merges; SD's tokenizer uses the first
+# 49408 - 256 - 256 - 2 = 48894 merges.
+_N_MERGES = 49408 - 512 - 2
+
+
+def byte_symbols() -> list[str]:
+    """GPT-2/CLIP byte-to-unicode table: 256 printable symbols, one per byte value, in CLIP's order."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(
+        range(ord("®"), ord("ÿ") + 1)
+    )
+    codes = printable[:]
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            codes.append(256 + extra)
+            extra += 1
+    return [chr(c) for c in codes]
+
+
+def _write(folder: Path, vocab: dict[str, int], merges: list[str], pad_token: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(m + "\n" for m in merges), encoding="utf-8")
+    special = {"bos_token": BOS, "eos_token": EOS, "unk_token": EOS, "pad_token": pad_token}
+    (folder / "special_tokens_map.json").write_text(json.dumps(special, indent=2), encoding="utf-8")
+    config = {
+        "tokenizer_class": "CLIPTokenizer",
+        "model_max_length": 77,
+        "do_lower_case": True,
+        "add_prefix_space": False,
+        "errors": "replace",
+        **special,
+    }
+    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+    return folder
+
+
+def write_byte_tokenizer(folder: Path) -> Path:
+    """A 514-token byte-level CLIP tokenizer (no merges): ids 0..511 are bytes, 512/513 are BOS/EOS."""
+    symbols = byte_symbols()
+    tokens = symbols + [s + "</w>" for s in symbols] + [BOS, EOS]
+    return _write(folder, {t: i for i, t in enumerate(tokens)}, [], pad_token=EOS)
+
+
+def write_bpe_tokenizer(bpe_gz: Path, folder: Path, pad_token: str = EOS) -> Path:
+    """Rebuild the CLIP ViT-L/14 tokenizer from OpenAI's BPE merge list.
+
+    ``pad_token`` is ``<|endoftext|>`` for SD1.5 and SDXL's first encoder, ``!`` for SDXL's second.
+    """
+    with gzip.open(bpe_gz, "rt", encoding="utf-8") as f:
+        lines = f.read().split("\n")
+    merges = [line for line in lines[1 : _N_MERGES + 1] if line]
+    if len(merges) != _N_MERGES:
+        raise ValueError(f"{bpe_gz} holds {len(merges)} merges; a CLIP BPE file holds at least {_N_MERGES}")
+    symbols = byte_symbols()
+    tokens = symbols + [s + "</w>" for s in symbols] + ["".join(m.split()) for m in merges] + [BOS, EOS]
+    return _write(folder, {t: i for i, t in enumerate(tokens)}, merges, pad_token=pad_token)

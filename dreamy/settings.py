@@ -1,0 +1,148 @@
+"""Typed settings for each job, with the checks a preset file or a caller's override must pass.
+
+A preset file has one table per job (``[dream]``, ``[train]``, ``[enlarge]``); each maps onto one
+dataclass below. ``check_value`` is the one place where types and ranges are enforced, so the CLI,
+the studio, the Python API and preset files all get the same message for the same mistake.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import PresetError
+
+
+def _f(default: Any, *, range: tuple | None = None, choices: tuple | None = None, doc: str = ""):
+    meta = {"range": range, "choices": choices, "doc": doc}
+    if isinstance(default, dict | list):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+SAMPLERS = ("ddim", "euler", "dpmpp_2m", "pndm")
+PRECISIONS = ("fp16", "bf16", "fp32")
+
+
+@dataclass(frozen=True)
+class DreamSettings:
+    """Everything that decides a dreamed image, apart from the model and the seed."""
+
+    prompt: str = _f("", doc="what to dream")
+    negative_prompt: str = _f("", doc="what to steer away from")
+    guidance: float = _f(7.5, range=(0.0, 50.0), doc="classifier-free guidance scale")
+    steps: int = _f(50, range=(1, 1000), doc="denoising steps")
+    width: int = _f(512, range=(64, 2048), doc="pixels; a multiple of 8")
+    height: int = _f(512, range=(64, 2048), doc="pixels; a multiple of 8")
+    sampler: str = _f("ddim", choices=SAMPLERS)
+    scheduler: dict = _f({}, doc="keyword arguments for the sampler's diffusers scheduler")
+    precision: str = _f("fp16", choices=PRECISIONS, doc="on CUDA; the CPU always computes in fp32")
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """A Dreambooth run. The Train engine reads these; the preset pins the recipe."""
+
+    mode: str = _f("full", choices=("full", "prior", "lora", "pivotal"))
+    train_text_encoder: bool = _f(True)
+    optimizer: str = _f("adamw8bit", choices=("adamw8bit", "adamw", "prodigy"))
+    learning_rate: float = _f(2e-6, range=(1e-9, 10.0))
+    lr_scheduler: str = _f("constant", choices=("constant", "constant_with_warmup", "linear", "cosine"))
+    lr_warmup_steps: int = _f(0, range=(0, 100_000))
+    max_train_steps: int = _f(1200, range=(1, 1_000_000))
+    train_batch_size: int = _f(1, range=(1, 64))
+    gradient_accumulation_steps: int = _f(1, range=(1, 256))
+    resolution: int = _f(512, range=(64, 2048))
+    mixed_precision: str = _f("fp16", choices=("fp16", "bf16", "no"))
+    max_grad_norm: float = _f(1.0, range=(0.0, 1e6))
+    instance_prompt: str = _f("a photo of sks person")
+    class_prompt: str = _f("")
+    prior_preservation: bool = _f(False)
+    num_class_images: int = _f(100, range=(0, 100_000))
+    prior_loss_weight: float = _f(1.0, range=(0.0, 100.0))
+    checkpointing_steps: int = _f(200, range=(1, 1_000_000))
+    seed: int = _f(0, range=(0, 2**32 - 1))
+
+
+@dataclass(frozen=True)
+class EnlargeSettings:
+    """A SUPIR enlargement (defaults are the official Quality settings with our recipe's choices)."""
+
+    supir_model: str = _f("SUPIR-v0Q", choices=("SUPIR-v0Q", "SUPIR-v0F"))
+    sdxl_base: str = _f("Juggernaut XL v9")
+    upscale: float = _f(4.0, range=(1.0, 8.0))
+    steps: int = _f(30, range=(1, 500))
+    s_cfg: float = _f(3.0, range=(0.0, 50.0), doc="CFG at the end of the linear ramp")
+    spt_linear_cfg: float = _f(4.0, range=(0.0, 50.0), doc="CFG at the start of the ramp")
+    s_stage1: float = _f(-1.0, range=(-1.0, 100.0), doc="restoration guidance; negative turns it off")
+    control_scale: float = _f(0.9, range=(0.0, 2.0), doc="s_stage2: strength of the control connectors")
+    s_churn: float = _f(5.0, range=(0.0, 100.0))
+    s_noise: float = _f(1.003, range=(0.0, 2.0))
+    color_fix: str = _f("wavelet", choices=("wavelet", "adain", "none"))
+    positive_prompt: str = _f("")
+    negative_prompt: str = _f("")
+    precision: str = _f("fp16", choices=PRECISIONS)
+
+
+SECTIONS: dict[str, type] = {"dream": DreamSettings, "train": TrainSettings, "enlarge": EnlargeSettings}
+
+
+def field_names(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def _type_word(tp: Any) -> str:
+    return {str: "a string", int: "an integer", float: "a number", bool: "true or false", dict: "a table"}[tp]
+
+
+def check_value(cls: type, name: str, value: Any, where: str) -> Any:
+    """Return ``value`` converted to field ``name``'s type, or raise PresetError saying what is wrong.
+
+    ``where`` names the origin for the message, e.g. ``"presets/mine.toml [dream]"`` or ``"--guidance"``.
+    """
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    if name not in fields:
+        close = difflib.get_close_matches(name, fields, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else f" (known: {', '.join(fields)})"
+        raise PresetError(f"{where}: unknown setting '{name}'{hint}.")
+    f = fields[name]
+    tp = typing.get_type_hints(cls)[name]
+    bad = PresetError(f"{where}: '{name}' must be {_type_word(tp)}, got {type(value).__name__} {value!r:.60}.")
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad
+    elif tp is int:
+        if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
+            raise bad
+        value = int(value)
+    elif tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise bad
+        value = float(value)
+    elif tp is str:
+        if not isinstance(value, str):
+            raise bad
+        if len(value) > 4000:
+            raise PresetError(f"{where}: '{name}' is {len(value)} characters long; the limit is 4000.")
+    elif tp is dict:
+        if not isinstance(value, dict):
+            raise bad
+        value = dict(value)
+    lo_hi = f.metadata.get("range")
+    if lo_hi and not lo_hi[0] <= value <= lo_hi[1]:
+        raise PresetError(f"{where}: '{name}' must be between {lo_hi[0]} and {lo_hi[1]}, got {value}.")
+    choices = f.metadata.get("choices")
+    if choices and value not in choices:
+        raise PresetError(f"{where}: '{name}' must be one of {', '.join(choices)}; got {value!r:.60}.")
+    if name in ("width", "height") and value % 8:
+        raise PresetError(f"{where}: '{name}' must be a multiple of 8, got {value}.")
+    return value
+
+
+def build(cls: type, values: dict[str, Any], where: str) -> Any:
+    """A settings object from a mapping, every value checked."""
+    return cls(**{k: check_value(cls, k, v, where) for k, v in values.items()})
