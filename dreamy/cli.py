@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import signal
 import sys
 from pathlib import Path
@@ -23,12 +22,6 @@ _DREAM_FLAGS = {
     "sampler": str,
     "precision": str,
 }
-
-
-def default_model() -> str:
-    from .sources import DEFAULT_MODEL
-
-    return os.environ.get("DREAMY_MODEL") or DEFAULT_MODEL
 
 
 def _unlock_arg(value: str | None):
@@ -130,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("dream", help="dream one image per seed with a preset")
     d.add_argument("--model", default=None, help="'tiny' (offline demo), a hub id, a diffusers folder or a "
-                   ".safetensors/.ckpt file (default: $DREAMY_MODEL or stable-diffusion-v1-5/stable-diffusion-v1-5)")
+                   ".safetensors/.ckpt file (default: $DREAMY_MODEL, else SD1.5 if downloaded, else tiny)")
     d.add_argument("--preset", default="biased-dreams", help="preset name or .toml path (default: biased-dreams)")
     d.add_argument("--seeds", default="0", help="7 | 0-15 | 1,5,9 | 100-200:10 (default: 0)")
     d.add_argument("--out", required=True, help="output folder")
@@ -165,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "command", None) == "dream":
         args.unlock = _unlock_arg(args.unlock) if args.unlock is not None else ()
+        from .sources import default_model
+
         args.model = args.model or default_model()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     try:

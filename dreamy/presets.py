@@ -84,6 +84,8 @@ def _read_raw(path: Path, chain: tuple[Path, ...] = ()) -> dict:
     if not isinstance(parent_name, str):
         raise PresetError(f"{path}: 'extends' must be a preset name (a string).")
     merged = _read_raw(find_preset(parent_name), (*chain, path))
+    merged.pop("name", None)  # a preset is named by its own file, never by its parent
+    merged.pop("description", None)
     for key, value in raw.items():
         if key in SECTIONS:
             merged[key] = {**merged.get(key, {}), **value}

@@ -53,6 +53,9 @@ class SDModel:
 def classify(spec: str) -> tuple[str, Path | None]:
     """(kind, local path) for a source string, without loading anything."""
     spec = str(spec).strip()
+    if not spec:
+        raise SourceError(f"An empty string is not a model source: give 'tiny', a hub id such as {DEFAULT_MODEL}, "
+                          "a diffusers folder, or a .safetensors/.ckpt file.")
     if spec == TINY_NAME:
         return "tiny", None
     path = Path(spec).expanduser()
@@ -170,15 +173,18 @@ def _load_folder(folder: Path, spec: str, dtype: torch.dtype) -> dict:
         "text_encoder": lambda: CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", dtype=dtype),
         "tokenizer": lambda: CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer"),
     }
+    missing = [name for name in loaders if not (folder / name).is_dir()]
+    if missing:
+        raise SourceError(f"'{spec}' has no {', '.join(m + '/' for m in missing)} folder; it is not a complete "
+                          "Stable Diffusion model.")
     parts = {}
     for name, load in loaders.items():
-        if not (folder / name).is_dir():
-            raise SourceError(f"'{spec}' has no {name}/ folder; it is not a complete Stable Diffusion model.")
         try:
             parts[name] = load()
         except Exception as e:  # noqa: BLE001 - library errors vary; the user needs one sentence
+            reason = str(e).replace(str(folder), "").splitlines()[0][:100] if str(e) else ""
             raise SourceError(
-                f"Could not load the {name} of '{spec}' ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
+                f"Could not load the {name} of '{spec}' ({type(e).__name__}: {reason}); "
                 "the folder is incomplete or corrupt: re-download or re-export it."
             ) from None
     return parts
@@ -226,3 +232,30 @@ def load_model(
         parts[name].to(device).eval().requires_grad_(False)
     return SDModel(ref=ref, arch=arch, unet=parts["unet"], vae=parts["vae"], text_encoder=parts["text_encoder"],
                    tokenizer=parts["tokenizer"], device=device, dtype=dtype)
+
+
+def default_model() -> str:
+    """``$DREAMY_MODEL``, else SD1.5 when it is in the local hub cache, else the offline tiny demo."""
+    env = os.environ.get("DREAMY_MODEL")
+    if env:
+        return env
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        if isinstance(try_to_load_from_cache(DEFAULT_MODEL, "model_index.json"), str):
+            return DEFAULT_MODEL
+    except (ImportError, OSError, ValueError):
+        pass
+    return TINY_NAME
+
+
+_loaded: dict[tuple, SDModel] = {}
+
+
+def cached_model(spec: str, device: str | None = None, precision: str = "fp16") -> SDModel:
+    """Keep one model loaded between jobs (the studio's case); loading another replaces it."""
+    key = (str(spec), str(pick_device(device)), precision)
+    if key not in _loaded:
+        _loaded.clear()  # free the previous model before loading the next
+        _loaded[key] = load_model(spec, device=device, precision=precision)
+    return _loaded[key]

@@ -1,0 +1,104 @@
+"""PNG recipes: A1111's parameters chunk, our JSON chunk, and refusals for foreign or hostile files."""
+
+import json
+
+import pytest
+from PIL import Image, PngImagePlugin
+
+from dreamy.errors import RecallError
+from dreamy.metadata import a1111_parameters, parse_a1111, read_recipe, save_png
+from dreamy.recipe import ModelRef, Recipe, resolve
+
+
+def _recipe(**overrides) -> Recipe:
+    r = resolve("biased-dreams", overrides=overrides, unlock=list(overrides))
+    return r.replace(seed=42, model=ModelRef("tiny", "tiny", "ab" * 32, "my model, v2", None), runtime={"device": "cpu"})
+
+
+def test_a1111_parameters_text_is_what_a1111_writes():
+    text = a1111_parameters(_recipe())
+    lines = text.split("\n")
+    assert lines[0] == "monumental, dramatic, atmospheric, transcendent"
+    assert len(lines) == 2  # no "Negative prompt:" line when it is empty, as A1111
+    assert lines[1].startswith(
+        'Steps: 50, Sampler: DDIM, CFG scale: 3.0, Seed: 42, Size: 512x512, Model hash: abababab'
+        'ab, Model: "my model, v2", Preset: biased-dreams, Version: dreamy ')
+    parsed = parse_a1111(a1111_parameters(_recipe(negative_prompt="blurry", guidance=5.0)))
+    assert parsed["prompt"] == "monumental, dramatic, atmospheric, transcendent"
+    assert parsed["negative_prompt"] == "blurry"
+    assert parsed["CFG scale"] == "5.0" and parsed["Seed"] == "42" and parsed["Model"] == "my model, v2"
+    assert parsed["Unlocked"] == "guidance negative_prompt"
+
+
+def test_parse_a1111_reads_a_foreign_file():
+    text = ("a castle, (masterpiece:1.2)\nin the clouds\nNegative prompt: ugly, bad\n"
+            'Steps: 20, Sampler: Euler a, Schedule type: Karras, CFG scale: 7, Seed: 1, Size: 512x768, '
+            'Model hash: 6ce0161689, Model: v1-5-pruned-emaonly, Lora hashes: "a: 1234, b: 5678", Version: v1.10.1')
+    p = parse_a1111(text)
+    assert p["prompt"] == "a castle, (masterpiece:1.2)\nin the clouds"
+    assert p["negative_prompt"] == "ugly, bad"
+    assert p["Sampler"] == "Euler a" and p["Size"] == "512x768" and p["Lora hashes"] == "a: 1234, b: 5678"
+
+
+def test_round_trip_through_png(tmp_path):
+    r = _recipe()
+    path = save_png(Image.new("RGB", (8, 8)), tmp_path / "x.png", r)
+    assert read_recipe(path) == r
+    with Image.open(path) as im:
+        assert im.text["parameters"] == a1111_parameters(r)
+    assert [p.name for p in tmp_path.iterdir()] == ["x.png"]  # no temporary file left behind
+
+
+def _png_with(tmp_path, **chunks) -> str:
+    info = PngImagePlugin.PngInfo()
+    for k, v in chunks.items():
+        info.add_text(k, v)
+    path = tmp_path / "in.png"
+    Image.new("RGB", (4, 4)).save(path, pnginfo=info)
+    return path
+
+
+@pytest.mark.parametrize(
+    "chunks, message",
+    [
+        ({}, "carries no recipe"),
+        ({"parameters": "a cat\nSteps: 20, Seed: 1"}, "made by another tool"),
+        ({"dreamy": "{not json"}, "not valid JSON"),
+        ({"dreamy": "[]"}, "not a Dreamy recipe"),
+        ({"dreamy": json.dumps({"format": 1, "job": "dream"})}, "incomplete or malformed"),
+        ({"dreamy": json.dumps({"format": 1, "job": "rm -rf", "settings": {}})}, "unknown job"),
+        ({"dreamy": "[" * 100000 + "]" * 100000}, "not valid JSON|oversized"),
+        ({"dreamy": "x" * (2 << 20)}, "oversized"),
+    ],
+)
+def test_recall_refuses_missing_foreign_or_malformed_recipes(tmp_path, chunks, message):
+    with pytest.raises(RecallError, match=message):
+        read_recipe(_png_with(tmp_path, **chunks))
+
+
+def test_recall_refuses_wrong_types_inside_a_recipe(tmp_path):
+    d = _recipe().to_dict()
+    d["settings"]["steps"] = "fifty"
+    with pytest.raises(RecallError, match="'steps' must be an integer"):
+        read_recipe(_png_with(tmp_path, dreamy=json.dumps(d)))
+    d = _recipe().to_dict()
+    d["seed"] = 2**40
+    with pytest.raises(RecallError, match="malformed"):
+        read_recipe(_png_with(tmp_path, dreamy=json.dumps(d)))
+
+
+def test_recall_refuses_files_that_are_not_pngs(tmp_path):
+    text = tmp_path / "notes.png"
+    text.write_text("hello")
+    with pytest.raises(RecallError, match="not a readable PNG"):
+        read_recipe(text)
+    with pytest.raises(RecallError, match="No file at"):
+        read_recipe(tmp_path / "missing.png")
+    good = save_png(Image.new("RGB", (8, 8)), tmp_path / "good.png", _recipe())
+    data = bytearray(good.read_bytes())
+    idx = data.find(b"zTXt")  # the recipe is stored compressed
+    assert idx > 0
+    data[idx + 12] ^= 0xFF  # corrupt the compressed recipe: the chunk CRC no longer matches
+    good.write_bytes(bytes(data))
+    with pytest.raises(RecallError, match="not a readable PNG"):
+        read_recipe(good)
