@@ -200,8 +200,13 @@ def load_model(
     device: str | torch.device | None = None,
     precision: str = "fp16",
     expected_arch: str = "sd15",
+    config_dir: str | Path | None = None,
 ) -> SDModel:
-    """Load a Stable Diffusion model from any source, on ``device`` with the dtype policy applied."""
+    """Load a Stable Diffusion model from any source, on ``device`` with the dtype policy applied.
+
+    ``config_dir`` (single files only) replaces the shipped SD1.5 component configs, for checkpoints
+    of a non-standard architecture such as the tiny demo model.
+    """
     spec = str(spec)
     device = device if isinstance(device, torch.device) else pick_device(device)
     dtype = pick_dtype(precision, device)
@@ -209,7 +214,7 @@ def load_model(
     if kind == "file":
         from .single_file import load_single_file
 
-        parts = load_single_file(path, arch=expected_arch, torch_dtype=dtype)
+        parts = load_single_file(path, arch=expected_arch, config_dir=config_dir, torch_dtype=dtype)
         arch, sha = parts["arch"], file_sha256(path)
         label = path.stem
     else:

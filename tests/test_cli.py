@@ -4,9 +4,9 @@ import os
 import subprocess
 import sys
 
-from conftest import REPO
 from PIL import Image
 
+from conftest import REPO
 from dreamy.metadata import read_recipe
 
 

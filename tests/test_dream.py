@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 import torch
-from conftest import FAST
 
+from conftest import FAST
 from dreamy.dream import dream, dream_iter, recall
 from dreamy.errors import Cancelled, LockedFieldError
 from dreamy.events import CancelToken

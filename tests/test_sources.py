@@ -113,3 +113,24 @@ def test_device_policy_errors():
     if not torch.cuda.is_available():
         with pytest.raises(DreamyError, match="sees no CUDA GPU; use --device cpu"):
             pick_device("cuda")
+
+
+def test_single_file_model_dreams_like_its_folder(tiny_model, tiny_dir, tmp_path):
+    """The tiny model exported as one A1111-layout .safetensors loads offline and dreams the same bits."""
+    import hashlib
+
+    import numpy as np
+
+    from conftest import FAST
+    from dreamy.dream import dream
+    from dreamy.single_file import save_single_file
+
+    path = save_single_file(tmp_path / "tiny.safetensors", unet=tiny_model.unet, vae=tiny_model.vae,
+                            text_encoder=tiny_model.text_encoder, dtype=torch.float32)
+    m = load_model(str(path), device="cpu", config_dir=tiny_dir)
+    assert m.ref.kind == "file" and m.ref.label == "tiny"
+    assert m.ref.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()  # A1111's model hash is its prefix
+    a = dream(tiny_model, seeds=4, overrides=FAST, unlock=True)[0]
+    b = dream(m, seeds=4, overrides=FAST, unlock=True)[0]
+    assert np.array_equal(np.asarray(a.image), np.asarray(b.image))
+    assert b.recipe.model.short_hash == m.ref.sha256[:10]
