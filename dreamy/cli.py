@@ -84,6 +84,36 @@ def cmd_dream(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .sweep import sweep
+
+    overrides = {k: getattr(args, k) for k in _DREAM_FLAGS if getattr(args, k) is not None}
+    bar, on_progress = _progress_bar("sweep")
+    try:
+        result = _with_cancel(lambda token: sweep(
+            args.model, args.preset, args.seeds, args.out, checkpoints=args.checkpoints, overrides=overrides,
+            unlock=args.unlock, batch_size=args.batch_size, device=args.device, on_progress=on_progress,
+            cancel=token,
+        ))
+    finally:
+        bar.close()
+    if "images" in result:  # the main process reports for everyone
+        print(f"{len(result['images'])} images in {args.out} (manifest.json lists who made what)")
+    return 0
+
+
+def _add_dream_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="biased-dreams", help="preset name or .toml path (default: biased-dreams)")
+    p.add_argument("--seeds", default="0", help="7 | 0-15 | 1,5,9 | 100-200:10 (default: 0)")
+    p.add_argument("--out", required=True, help="output folder")
+    for name, tp in _DREAM_FLAGS.items():
+        p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=tp, default=None)
+    p.add_argument("--unlock", nargs="?", const="all", default=None, type=str,
+                   help="allow changing locked settings: all of them, or a comma list (e.g. guidance,steps)")
+    p.add_argument("--batch-size", type=int, default=1, help="seeds per batch on the GPU (images do not change)")
+    p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:1, mps")
+
+
 def cmd_recall(args: argparse.Namespace) -> int:
     from .dream import recall
 
@@ -124,17 +154,17 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("dream", help="dream one image per seed with a preset")
     d.add_argument("--model", default=None, help="'tiny' (offline demo), a hub id, a diffusers folder or a "
                    ".safetensors/.ckpt file (default: $DREAMY_MODEL, else SD1.5 if downloaded, else tiny)")
-    d.add_argument("--preset", default="biased-dreams", help="preset name or .toml path (default: biased-dreams)")
-    d.add_argument("--seeds", default="0", help="7 | 0-15 | 1,5,9 | 100-200:10 (default: 0)")
-    d.add_argument("--out", required=True, help="output folder")
-    for name, tp in _DREAM_FLAGS.items():
-        d.add_argument(f"--{name.replace('_', '-')}", dest=name, type=tp, default=None)
-    d.add_argument("--unlock", nargs="?", const="all", default=None, type=str,
-                   help="allow changing locked settings: all of them, or a comma list (e.g. guidance,steps)")
-    d.add_argument("--batch-size", type=int, default=1, help="seeds per batch on the GPU (images do not change)")
-    d.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:1, mps")
+    _add_dream_flags(d)
     d.add_argument("--no-contact-sheet", action="store_true")
     d.set_defaults(func=cmd_dream)
+
+    w = sub.add_parser("sweep", help="every model/checkpoint x every seed; spreads over GPUs under accelerate launch")
+    w.add_argument("--model", nargs="+", required=True, help="model sources; a training run folder means "
+                   "all its checkpoints")
+    w.add_argument("--checkpoints", default=None, help="which checkpoints of a run: all (default) or steps, "
+                   "e.g. 250,500 or 0-1200:250")
+    _add_dream_flags(w)
+    w.set_defaults(func=cmd_sweep)
 
     r = sub.add_parser("recall", help="re-create an image from the recipe in its PNG")
     r.add_argument("image")
@@ -156,11 +186,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if getattr(args, "command", None) == "dream":
+    if getattr(args, "command", None) in ("dream", "sweep"):
         args.unlock = _unlock_arg(args.unlock) if args.unlock is not None else ()
         from .sources import default_model
 
-        args.model = args.model or default_model()
+        if args.command == "dream":
+            args.model = args.model or default_model()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     try:
         return args.func(args)
