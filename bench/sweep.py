@@ -39,13 +39,14 @@ def run_sweep(model: Path, out: Path, seeds: int, batch: int, processes: int) ->
     if p.returncode:
         raise SystemExit(f"sweep failed ({processes} processes):\n{p.stderr[-4000:]}")
     manifest = json.loads((out / "manifest.json").read_text())
-    per_rank: dict[int, float] = {}
-    for e in manifest["images"]:
-        per_rank[e["rank"]] = per_rank.get(e["rank"], 0.0) + e["seconds"]
-    busiest = max(per_rank.values())
-    return {"processes": processes, "images": len(manifest["images"]), "wall_s": wall,
-            "images_per_s_end_to_end": len(manifest["images"]) / wall,
-            "images_per_s_steady": len(manifest["images"]) / busiest, "duplicates": len(manifest["duplicates"])}
+    runs = manifest["last_run"]
+    dreaming = max(r["dream_s"] for r in runs)  # the slowest process sets the pace
+    loading = max(r["load_s"] for r in runs)
+    n = len(manifest["images"])
+    return {"processes": processes, "images": n, "wall_s": wall, "images_per_s_end_to_end": n / wall,
+            "images_per_s_steady": n / dreaming, "dream_s_per_process": [r["dream_s"] for r in runs],
+            "model_load_s": loading, "start_up_and_sheets_s": wall - dreaming - loading,
+            "duplicates": len(manifest["duplicates"])}
 
 
 def main() -> None:

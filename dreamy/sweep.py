@@ -125,33 +125,45 @@ def sweep(
     rank_log = plan.out / ".manifest" / f"rank-{state.process_index:03d}.jsonl"
     rank_log.parent.mkdir(parents=True, exist_ok=True)
     written: list[dict] = []
+    timing = {"load_s": 0.0, "dream_s": 0.0}
     with state.split_between_processes(todo) as mine:
         loaded: tuple[int, Any] | None = None
         for done, (m, batch) in enumerate(mine):
+            t0 = time.perf_counter()
             if loaded is None or loaded[0] != m:
                 loaded = None  # free the previous model first
                 dev = "cpu" if device == "cpu" else str(state.device)
                 loaded = (m, load_model(plan.models[m], device=dev, precision=recipe.settings.precision))
-            t0 = time.perf_counter()
+            t1 = time.perf_counter()
+            made = []
             for img in dream_iter(loaded[1], seeds=list(batch), recipe=recipe, batch_size=len(batch), cancel=cancel):
                 target = plan.path(m, img.seed)
-                if target.exists():
-                    continue  # finished before a crash: written once, never again
-                save_png(img.image, target, img.recipe)
-                entry = {"file": str(target.relative_to(plan.out)), "model": plan.models[m], "seed": img.seed,
-                         "rank": state.process_index, "processes": state.num_processes, "device": str(state.device),
-                         "host": socket.gethostname(), "pid": os.getpid(),
-                         "seconds": round((time.perf_counter() - t0) / len(batch), 4)}
-                with open(rank_log, "a", encoding="utf-8") as f:
+                if not target.exists():  # finished before a crash: written once, never again
+                    save_png(img.image, target, img.recipe)
+                    made.append((img.seed, target))
+            t2 = time.perf_counter()
+            timing["load_s"] += t1 - t0
+            timing["dream_s"] += t2 - t1
+            with open(rank_log, "a", encoding="utf-8") as f:
+                for seed, target in made:
+                    entry = {"file": str(target.relative_to(plan.out)), "model": plan.models[m], "seed": seed,
+                             "rank": state.process_index, "processes": state.num_processes,
+                             "device": str(state.device), "host": socket.gethostname(), "pid": os.getpid(),
+                             "seconds": round((t2 - t1) / len(batch), 4)}  # the batch's time, shared out
                     f.write(json.dumps(entry) + "\n")
-                written.append(entry)
+                    written.append(entry)
             if on_progress is not None:
                 on_progress(Progress("sweep", done + 1, len(mine), message=f"{plan.models[m]} seeds {batch[0]}…"))
+        with open(rank_log, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"run": True, "rank": state.process_index, "batches": len(mine),
+                                **{k: round(v, 3) for k, v in timing.items()}}) + "\n")
     state.wait_for_everyone()
     if not state.is_main_process:
         return {"written": written}
     manifest = merge_manifests(plan.out)
+    t = time.perf_counter()
     write_sheets(plan)
+    manifest["sheets_s"] = round(time.perf_counter() - t, 3)
     return manifest
 
 
@@ -162,7 +174,7 @@ def merge_manifests(out: Path) -> dict[str, Any]:
         entries = {e["file"]: e for e in json.loads(path.read_text())["images"]}
     except (OSError, ValueError, KeyError, TypeError):
         entries = {}
-    duplicates, fresh = [], {}
+    duplicates, fresh, runs = [], {}, []
     logs = out / ".manifest"
     for log in sorted(logs.glob("rank-*.jsonl")):
         for line in log.read_text(encoding="utf-8").splitlines():
@@ -170,6 +182,9 @@ def merge_manifests(out: Path) -> dict[str, Any]:
                 e = json.loads(line)
             except ValueError:
                 continue  # a line cut short by a crash; its image is re-checked by existence anyway
+            if e.get("run"):
+                runs.append(e)  # one per process: how long it spent loading models and dreaming
+                continue
             if e["file"] in fresh:
                 duplicates.append(e)  # should never happen: each file has one writer per run
             fresh.setdefault(e["file"], e)
@@ -177,7 +192,8 @@ def merge_manifests(out: Path) -> dict[str, Any]:
     entries.update(fresh)  # an image re-made after it was lost is listed with its new maker
     if logs.is_dir() and not any(logs.iterdir()):
         logs.rmdir()
-    manifest = {"images": sorted(entries.values(), key=lambda e: e["file"]), "duplicates": duplicates}
+    manifest = {"images": sorted(entries.values(), key=lambda e: e["file"]), "duplicates": duplicates,
+                "last_run": runs}
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(manifest, indent=1))
     os.replace(tmp, path)
