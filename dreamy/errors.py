@@ -33,3 +33,7 @@ class RecallError(DreamyError):
 
 class Cancelled(DreamyError):
     """A job was stopped through its cancel token; whatever it had finished is kept."""
+
+
+class OutputError(DreamyError):
+    """An output could not be written (disk full, read-only folder); earlier outputs are intact."""

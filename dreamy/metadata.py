@@ -8,14 +8,13 @@ uses. Nothing time-dependent is written, so the same recipe makes byte-identical
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from PIL import Image, PngImagePlugin
 
+from .atomic import atomic_write
 from .errors import RecallError
 from .recipe import Recipe
 from .samplers import a1111_name
@@ -75,26 +74,8 @@ def png_info(recipe: Recipe | None, extra: dict[str, str] | None = None) -> PngI
 
 def save_png(image: Image.Image, path: Path, recipe: Recipe | None = None, extra: dict[str, str] | None = None) -> Path:
     """Write a PNG with its recipe atomically: the file is complete or absent, never half-written."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".png.tmp")
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs are ordinary files
-        with os.fdopen(fd, "wb") as f:
-            image.save(f, format="PNG", pnginfo=png_info(recipe, extra))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    info = png_info(recipe, extra)
+    return atomic_write(path, lambda f: image.save(f, format="PNG", pnginfo=info))
 
 
 def read_text_chunks(path: Path) -> dict[str, str]:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .atomic import atomic_write_text
 from .contact_sheet import grid
 from .errors import DreamyError
 from .events import CancelToken, Progress, ProgressCallback
@@ -194,9 +195,7 @@ def merge_manifests(out: Path) -> dict[str, Any]:
         logs.rmdir()
     manifest = {"images": sorted(entries.values(), key=lambda e: e["file"]), "duplicates": duplicates,
                 "last_run": runs}
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(manifest, indent=1))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(manifest, indent=1))
     return manifest
 
 
