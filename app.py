@@ -1,103 +1,173 @@
-"""Dreamy studio: a thin Gradio layer over the `dreamy` core (Dream tab; Train and Enlarge to come).
+"""Dreamy studio: Train, Dream, Enlarge and Particles tabs, a thin Gradio layer over the `dreamy` core.
 
-Every handler only turns widget values into a core call; locks are enforced by the core, so the
-API behind this page cannot bypass them either.
+Every handler only turns widget values into a core call (one module per tab: app_dream.py,
+app_train.py, app_enlarge.py, app_particles.py). Locks are enforced by the core, so the HTTP API
+behind this page cannot bypass them either; one GPU queue serves all tabs.
 
-    python app.py                 # http://127.0.0.1:7860, offline with the tiny demo model
-    python app.py --model PATH    # any model source the core accepts
+    python app.py                                  # http://127.0.0.1:7860 (offline: the tiny demo model)
+    python app.py --model PATH_OR_HUB_ID           # start on another model
+    python app.py --share --auth-file users.txt    # a public link: sign-in required
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
 
-import gradio as gr
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from a local studio
 
-from dreamy import DreamyError
-from dreamy.presets import list_presets, load_preset, preset_fields
-from dreamy.sources import DEFAULT_MODEL, TINY_NAME, default_model
+import gradio as gr  # noqa: E402
 
-DREAM_FIELDS = ["prompt", "negative_prompt", "guidance", "steps", "width", "height"]
+import app_dream
+import app_enlarge
+import app_particles
+import app_train
+from app_common import Studio
+from dreamy.paths import models_root, outputs_root
+from dreamy.sources import TINY_NAME, default_model
 
-
-def preset_view(preset_name: str, unlocked: bool):
-    """Widget updates showing a preset's dream values; locked ones are read-only until unlocked."""
-    preset = load_preset(preset_name)
-    values = preset_fields(preset, "dream")
-    locked = set(preset.locked.get("dream", ()))
-    updates = []
-    for name in DREAM_FIELDS:
-        is_locked = name in locked and not unlocked
-        label = f"{name.replace('_', ' ')}{' 🔒' if is_locked else ''}"
-        updates.append(gr.update(value=values[name], interactive=not is_locked, label=label))
-    return [gr.update(value=preset.description), *updates]
-
-
-def run_dream(model, preset_name, seeds, unlocked, batch_size, *values, progress=gr.Progress()):
-    from dreamy.dream import dream_iter
-    from dreamy.outputs import new_run_dir
-    from dreamy.sources import cached_model
-
-    overrides = dict(zip(DREAM_FIELDS, values, strict=True))
-    overrides["steps"], overrides["width"], overrides["height"] = (
-        int(overrides["steps"]), int(overrides["width"]), int(overrides["height"]))
-    try:
-        preset = load_preset(preset_name)
-        m = cached_model(model.strip() or default_model(), precision=preset.dream.precision)
-        out = new_run_dir("dream")
-        gallery = []
-
-        def on_progress(p):
-            progress(p.fraction, desc=p.message)
-
-        for r in dream_iter(m, preset, seeds, overrides=overrides, unlock=bool(unlocked), out_dir=out,
-                            batch_size=int(batch_size), on_progress=on_progress):
-            gallery.append((str(r.path), f"seed {r.seed}"))
-            note = f"{len(gallery)} image(s) in {out}" + (f" — {m.ref.label}" if m.is_demo else "")
-            yield gallery, note
-    except DreamyError as e:
-        raise gr.Error(str(e)) from None
+CSS = """
+.dreamy-note { font-size: 0.9em; opacity: 0.85; }
+.dreamy-warning { border-left: 4px solid #d97706; padding: 4px 10px; background: rgba(217,119,6,.08); }
+.dreamy-step { margin-top: 6px; }
+#offline-banner { border-left: 4px solid #2563eb; padding: 4px 10px; background: rgba(37,99,235,.08); }
+#particles-canvas canvas { width: 100%; height: auto; background: #000; border-radius: 8px; }
+"""
 
 
-def build(model: str) -> gr.Blocks:
-    with gr.Blocks(title="Dreamy") as demo:
-        gr.Markdown("# Dreamy — latent space photography")
-        with gr.Tab("Dream"):
-            with gr.Row():
-                model_box = gr.Dropdown([TINY_NAME, DEFAULT_MODEL], value=model, allow_custom_value=True,
-                                        label="Model (hub id, folder, .safetensors, or tiny = offline demo)")
-                preset_box = gr.Dropdown(list_presets(), value="biased-dreams", label="Preset")
-            description = gr.Markdown()
-            with gr.Row():
-                seeds = gr.Textbox("0-3", label="Seeds (7 | 0-15 | 1,5,9 | 100-200:10)")
-                batch = gr.Slider(1, 16, value=1, step=1, label="Batch size (GPU; images do not change)")
-                unlock = gr.Checkbox(False, label="Unlock locked settings (recorded in every image)")
-            prompt = gr.Textbox(label="prompt")
-            negative = gr.Textbox(label="negative prompt")
-            with gr.Row():
-                guidance = gr.Number(label="guidance")
-                steps = gr.Number(label="steps", precision=0)
-                width = gr.Number(label="width", precision=0)
-                height = gr.Number(label="height", precision=0)
-            fields = [prompt, negative, guidance, steps, width, height]
-            go = gr.Button("Dream", variant="primary")
-            gallery = gr.Gallery(label="Dreams", format="png", columns=4, height="auto")
-            status = gr.Markdown()
-        for trigger in (preset_box.change, unlock.change, demo.load):
-            trigger(preset_view, [preset_box, unlock], [description, *fields])
-        go.click(run_dream, [model_box, preset_box, seeds, unlock, batch, *fields], [gallery, status],
-                 concurrency_id="gpu", concurrency_limit=1)
+def build(studio: Studio) -> gr.Blocks:
+    """The whole studio as one Blocks app (not launched)."""
+    with gr.Blocks(title="Dreamy", delete_cache=(3600, 24 * 3600)) as demo:
+        gr.Markdown("## Dreamy · latent space photography")
+        if studio.default_model == TINY_NAME:
+            gr.Markdown("Offline demo: the **tiny** model has random weights and paints noise. Pick Stable "
+                        "Diffusion 1.5 or a trained model in Dream once it is on this machine.",
+                        elem_id="offline-banner")
+        with gr.Tabs(selected="dream") as tabs:
+            with gr.Tab("Train", id="train"):
+                train = app_train.build(studio)
+            with gr.Tab("Dream", id="dream"):
+                dream = app_dream.build(studio)
+            with gr.Tab("Enlarge", id="enlarge"):
+                enlarge = app_enlarge.build(studio)
+            with gr.Tab("Particles", id="particles"):
+                particles = app_particles.build(studio)
+
+        # Hand-offs between tabs (UI only: the API works on files, not on a visitor's selection).
+        def to_enlarge(paths: list[str], index: int | None):
+            return dream.send(paths, index), gr.Tabs(selected="enlarge")
+
+        def to_particles(paths: list[str], index: int | None):
+            return dream.send(paths, index), gr.Tabs(selected="particles")
+
+        dream.send_enlarge.click(to_enlarge, [dream.paths, dream.selected], [enlarge.image, tabs],
+                                 api_visibility="private")
+        dream.send_particles.click(to_particles, [dream.paths, dream.selected], [particles.image, tabs],
+                                   api_visibility="private")
+        for ev in train.events:  # a finished run's checkpoints appear in Dream's pickers
+            ev.then(lambda: app_dream.refresh_pickers(studio), None, [dream.model, dream.run],
+                    api_visibility="private")
+
+        def on_load():
+            return [*app_dream.refresh_pickers(studio), *dream.init(), *train.init(), *enlarge.init()]
+
+        demo.load(on_load, None, [dream.model, dream.run, *dream.init_outputs, *train.init_outputs,
+                                  *enlarge.init_outputs], api_visibility="private")
     return demo
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description="Dreamy studio")
-    parser.add_argument("--model", default=None, help="default model source (default: SD1.5 if cached, else tiny)")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=7860)
-    args = parser.parse_args()
-    demo = build(args.model or default_model())
-    demo.queue().launch(server_name=args.host, server_port=args.port)
+def launch(demo: gr.Blocks, studio: Studio, *, host: str = "127.0.0.1", port: int | None = None,
+           share: bool = False, auth: list[tuple[str, str]] | None = None, prevent_thread_lock: bool = False,
+           quiet: bool = False):
+    """Queue and serve: one GPU queue, files only from outputs/ and models/, uploads capped."""
+    demo.queue(default_concurrency_limit=2, max_size=studio.max_queue)
+    return demo.launch(
+        server_name=host, server_port=port, share=share, auth=auth or None,
+        allowed_paths=[str(studio.outputs.resolve()), str(studio.models.resolve())],
+        max_file_size=studio.max_file_size,
+        run_history=not studio.shared,  # a shared link keeps no visitor's runs in their browser
+        footer_links=["api", "settings"],
+        prevent_thread_lock=prevent_thread_lock, quiet=quiet, show_error=False, css=CSS,
+        auth_message="Sign in to this Dreamy studio." if auth else None,
+    )
+
+
+def read_auth(pairs: Sequence[str], auth_file: str | None) -> list[tuple[str, str]]:
+    """user:pass pairs from --auth and from a file (one per line; # comments)."""
+    lines = list(pairs)
+    if auth_file:
+        try:
+            lines += [x.strip() for x in Path(auth_file).read_text(encoding="utf-8").splitlines()
+                      if x.strip() and not x.lstrip().startswith("#")]
+        except OSError as e:
+            raise SystemExit(f"Cannot read the auth file {auth_file}: {e.strerror or e}.") from None
+    out = []
+    for line in lines:
+        user, sep, password = line.partition(":")
+        if not sep or not user or len(password) < 8:
+            raise SystemExit("Each sign-in must be user:password with a password of 8 characters or more.")
+        out.append((user, password))
+    return out
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def exposure_problem(share: bool, host: str, auth: list, insecure: bool) -> str | None:
+    """Why the studio must not start as asked, or None."""
+    if insecure or auth:
+        return None
+    if share:
+        return ("--share makes the studio public: add --auth user:password (or --auth-file FILE), "
+                "or pass --insecure-share if you really want an open link.")
+    if not is_loopback(host):
+        return (f"--host {host} opens the studio to the network: add --auth user:password (or --auth-file FILE), "
+                "or pass --insecure-share if you really want it open.")
+    return None
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Dreamy studio")
+    p.add_argument("--model", default=None, help="model to start on (default: SD1.5 if cached, else tiny)")
+    p.add_argument("--host", default=None, help="address to listen on (default: this machine only)")
+    p.add_argument("--port", type=int, default=None, help="port (default: 7860 or the next free one)")
+    p.add_argument("--share", action="store_true", help="a public gradio.live link (needs --auth)")
+    p.add_argument("--auth", action="append", default=[], metavar="USER:PASS", help="a sign-in (repeatable)")
+    p.add_argument("--auth-file", default=None, help="a file of user:password lines (keeps them out of `ps`)")
+    p.add_argument("--insecure-share", action="store_true", help="allow --share or --host without sign-in")
+    p.add_argument("--max-queue", type=int, default=64, help="jobs waiting at most; more are refused")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    auth = read_auth(args.auth, args.auth_file)
+    host = args.host or os.environ.get("GRADIO_SERVER_NAME") or "127.0.0.1"
+    on_space = bool(os.environ.get("SPACE_ID"))  # a Hugging Face Space: its own settings decide who may visit
+    problem = None if on_space else exposure_problem(args.share, host, auth, args.insecure_share)
+    if problem:
+        print(f"dreamy: {problem}", file=sys.stderr)
+        raise SystemExit(2)
+    shared = on_space or args.share or not is_loopback(host)
+    model = args.model or default_model()
+    if os.environ.get("SPACES_ZERO_GPU"):  # ZeroGPU wants weights loaded at start; @spaces.GPU only computes
+        from dreamy.sources import cached_model
+
+        cached_model(model)
+    studio = Studio(default_model=model, outputs=outputs_root(), models=models_root(), shared=shared,
+                    extra_models=(model,), prompt_model=os.environ.get("DREAMY_PROMPT_MODEL") or None,
+                    max_queue=args.max_queue)
+    launch(build(studio), studio, host=host, port=args.port, share=args.share, auth=auth)
 
 
 if __name__ == "__main__":

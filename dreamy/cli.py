@@ -1,4 +1,4 @@
-"""``python -m dreamy``: dream, recall, presets and info from the command line."""
+"""``python -m dreamy``: dream, recall, presets, info and train from the command line."""
 
 from __future__ import annotations
 
@@ -181,6 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="print the recipe stored in a PNG")
     i.add_argument("image")
     i.set_defaults(func=cmd_info)
+
+    from .train.cli import add_parser as add_train_parser
+
+    add_train_parser(sub)
     return parser
 
 
@@ -200,4 +204,12 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except DreamyError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # out-of-memory becomes a sentence too; anything else is a bug: traceback
+        from .failures import user_error
+
+        err = user_error(e, args.command)
+        if err is None:
+            raise
+        print(f"error: {err}", file=sys.stderr)
         return 2

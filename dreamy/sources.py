@@ -191,8 +191,13 @@ def _load_folder(folder: Path, spec: str, dtype: torch.dtype) -> dict:
 
 
 def _checkpoint_step(path: Path | None) -> int | None:
-    m = re.fullmatch(r"checkpoint-(\d+)", path.name) if path else None
+    m = re.fullmatch(r"(?:checkpoint|step)-(\d+)", path.name) if path else None
     return int(m.group(1)) if m else None
+
+
+# A Train checkpoint (models/<run>/checkpoints/step-XXXX/) holds only the trained parts and names
+# its base model; dreamy.train.checkpoints completes it (the import stays lazy: training code is big).
+TRAIN_CHECKPOINT_FILE = "dreamy-checkpoint.json"
 
 
 def load_model(
@@ -211,6 +216,12 @@ def load_model(
     device = device if isinstance(device, torch.device) else pick_device(device)
     dtype = pick_dtype(precision, device)
     kind, path = classify(spec)
+    if kind == "folder" and (path / TRAIN_CHECKPOINT_FILE).is_file():
+        if expected_arch != "sd15":
+            raise SourceError(f"'{spec}' is a Stable Diffusion 1.x training checkpoint; this needs an SDXL model.")
+        from .train.checkpoints import load_checkpoint_model
+
+        return load_checkpoint_model(path, spec, device=device, precision=precision)
     if kind == "file":
         from .single_file import load_single_file
 

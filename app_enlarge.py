@@ -1,0 +1,119 @@
+"""The Enlarge tab: a picture from Dream (or an upload), locked SUPIR settings, before/after slider.
+
+It calls ``dreamy.enlarge.enlarge(image, preset, overrides=, unlock=, out_dir=, on_progress=,
+cancel=)`` -> a result with ``.path`` (the PNG, recipe inside). Until the engine provides that
+function, the tab says so and its button stays off: no output is ever faked.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+
+from app_common import (
+    GPU,
+    Studio,
+    field_widget,
+    lock_toggled,
+    locked_updates,
+    on_gpu,
+    overrides_from,
+    preset_description,
+    user_errors,
+)
+from dreamy.errors import Cancelled
+from dreamy.paths import release_if_empty
+from dreamy.presets import list_presets
+from dreamy.settings import EnlargeSettings
+
+FIELDS = ["supir_model", "upscale", "steps", "s_cfg", "spt_linear_cfg", "control_scale", "s_stage1", "s_churn",
+          "s_noise", "color_fix", "positive_prompt", "negative_prompt"]
+
+
+@dataclass
+class EnlargeTab:
+    image: gr.Image
+    init: Any
+    init_outputs: list
+
+
+def engine() -> tuple[Any, str | None]:
+    """(the engine's enlarge function, None) or (None, why the tab is off)."""
+    try:
+        module = importlib.import_module("dreamy.enlarge")
+    except Exception as e:  # noqa: BLE001 - a broken engine must not take the whole studio down
+        return None, f"The Enlarge engine failed to load ({type(e).__name__}: {e!s:.120})."
+    fn = getattr(module, "enlarge", None)
+    if fn is None:
+        return None, ("Enlarge is not available in this build yet: the SUPIR engine (`dreamy.enlarge`) does not "
+                      "provide `enlarge()` so far. Dream and Train work; pictures sent here wait for it.")
+    return fn, None
+
+
+def build(studio: Studio) -> EnlargeTab:
+    fn, missing = engine()
+    if missing:
+        gr.Markdown(f"⚠ {missing}", elem_classes="dreamy-warning", elem_id="enlarge-missing")
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=2, min_width=360):
+            image = gr.Image(label="Picture to enlarge (from Dream, or upload)", type="filepath", format="png",
+                             sources=["upload", "clipboard"], height=300)
+            preset = gr.Dropdown(list_presets(), value="biased-dreams", label="Preset")
+            description = gr.Markdown(preset_description("biased-dreams"), elem_classes="dreamy-note")
+            unlock = gr.Checkbox(False, label="Unlock the preset's locked SUPIR settings (recorded in the PNG)")
+            with gr.Group():
+                with gr.Row():
+                    widgets = {n: field_widget(EnlargeSettings, n, min_width=100) for n in FIELDS[:5]}
+                with gr.Row():
+                    widgets |= {n: field_widget(EnlargeSettings, n, min_width=100) for n in FIELDS[5:10]}
+                widgets |= {n: field_widget(EnlargeSettings, n) for n in FIELDS[10:]}
+            fields = [widgets[n] for n in FIELDS]
+            with gr.Row():
+                go = gr.Button("Enlarge", variant="primary", interactive=fn is not None, elem_id="enlarge-go")
+                stop = gr.Button("Stop", variant="stop")
+        with gr.Column(scale=3, min_width=420):
+            slider = gr.ImageSlider(label="Before / after", type="filepath", format="png", height=520)
+            status = gr.Markdown()
+            download = gr.File(label="Enlarged PNG (recipe inside)", interactive=False, height=60)
+
+    def enlarge(image: str | None, preset: str, unlock: bool, supir_model: str, upscale: float, steps: float,
+                s_cfg: float, spt_linear_cfg: float, control_scale: float, s_stage1: float, s_churn: float,
+                s_noise: float, color_fix: str, positive_prompt: str, negative_prompt: str,
+                request: gr.Request, progress=gr.Progress()):  # noqa: B008
+        """Enlarge a picture with SUPIR and the preset's locked settings; returns before/after and the PNG."""
+        with user_errors("enlarge"):
+            run, why = engine()
+            if run is None:
+                raise gr.Error(why)
+            if not image:
+                raise gr.Error("Choose a picture first: send one from Dream, or upload one.")
+            values = (supir_model, upscale, steps, s_cfg, spt_linear_cfg, control_scale, s_stage1, s_churn, s_noise,
+                      color_fix, positive_prompt, negative_prompt)
+            out = studio.run_dir("enlarge")
+            token = studio.start(request, "enlarge")
+            try:
+                result = run(image, preset, overrides=overrides_from(FIELDS, values), unlock=bool(unlock),
+                             out_dir=out, on_progress=lambda e: progress(e.fraction, desc=e.message), cancel=token)
+            except Cancelled:
+                release_if_empty(out)
+                return None, "Stopped.", None
+            finally:
+                studio.finish(request, "enlarge", token)
+                release_if_empty(out)
+            return (image, str(result.path)), f"Enlarged · `{result.path.name}`", str(result.path)
+
+    def stop_job(request: gr.Request) -> str:
+        """Stop this session's enlargement at its next step."""
+        return "Stopping…" if studio.stop(request, ["enlarge"]) else "Nothing of yours is running."
+
+    ev = go.click(on_gpu(enlarge), [image, preset, unlock, *fields], [slider, status, download],
+                  api_name="enlarge", concurrency_id=GPU, concurrency_limit=1)
+    stop.click(stop_job, None, status, api_name="stop_enlarge", cancels=[ev], concurrency_limit=None, queue=False)
+    preset.input(lambda name, u: [preset_description(name), *locked_updates(name, "enlarge", FIELDS, u)],
+                 [preset, unlock], [description, *fields], api_visibility="private")
+    unlock.input(lambda name, u: lock_toggled(name, "enlarge", FIELDS, u), [preset, unlock], fields,
+                 api_visibility="private")
+    return EnlargeTab(image, lambda: locked_updates("biased-dreams", "enlarge", FIELDS, False), fields)

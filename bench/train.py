@@ -1,0 +1,236 @@
+"""Train the full recipe on a full-size random-init SD1.5: Dreamy next to a stock loop, one process.
+
+    python -m bench.train [--steps 60] [--warmup 10] [--variants default,fused,fused+compile] [--out X.json]
+    python -m bench.train --tiny          # CPU smoke test of this script on the tiny model
+
+"Stock" is the loop of diffusers' ``examples/dreambooth/train_dreambooth.py`` for the recipe
+(``--train_text_encoder --use_8bit_adam --mixed_precision fp16``, lr 2e-6 constant, batch 1,
+512 px, no prior preservation): fp32 UNet + text encoder, fp16 VAE, accelerate's fp16 autocast +
+GradScaler (plain autocast + GradScaler when accelerate is missing), bitsandbytes AdamW8bit over
+both models, the VAE encoding every step, a per-step PIL crop, clip 1.0, zero_grad without
+freeing. Dreamy is ``dreamy.train.train`` on the ``sweet-spot`` preset with validation off and a
+checkpoint only at the end, once per variant. Both start from the very same weights; reported:
+seconds per step (median after warm-up), peak GPU memory during the steps, first/last loss.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import itertools
+import logging
+import math
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from bench.common import build_full_sd15, emit, versions
+
+VARIANTS = {
+    "default": {},
+    "fused": {"fused_params": True},
+    "fused+compile": {"fused_params": True, "compile_unet": True},
+    "fused+checkpointing": {"fused_params": True, "gradient_checkpointing": True},
+}
+
+
+def make_photos(folder: Path, n: int, size: int) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        base = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)  # smooth, photo-like colour fields
+        Image.fromarray(base).resize((size, size), Image.Resampling.BICUBIC).save(folder / f"photo{i}.png")
+    return folder
+
+
+def _cuda() -> bool:
+    return torch.cuda.is_available()
+
+
+def _reset_peak() -> None:
+    if _cuda():
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _peak_gb() -> float | None:
+    return torch.cuda.max_memory_allocated() / 2**30 if _cuda() else None
+
+
+def _summary(times: list[float], losses: list[float], warmup: int) -> dict:
+    timed = times[warmup:] or times
+    return {
+        "s_per_step_median": statistics.median(timed),
+        "s_per_step_mean": statistics.fmean(timed),
+        "steps_timed": len(timed),
+        "steps_total": len(times),
+        "peak_vram_gb": _peak_gb(),
+        "first_loss": losses[0],
+        "last_loss": losses[-1],
+        "finite_loss": all(math.isfinite(v) for v in losses),
+    }
+
+
+def run_ours(base: str, photos: Path, steps: int, warmup: int, extra: dict, resolution: int) -> dict:
+    from dreamy.train import Finished, Notice, Started, StepDone, train
+
+    models = Path(tempfile.mkdtemp(prefix="bench-train-"))
+    overrides = {"max_train_steps": steps, "checkpointing_steps": steps, "validation_seeds": "",
+                 "resolution": resolution, **extra}
+    times, losses, notes = [], [], []
+    last = None
+    try:
+        for ev in train(photos, name="bench", preset="sweet-spot", base=base, overrides=overrides, unlock=True,
+                        models_dir=models):
+            now = time.perf_counter()
+            if isinstance(ev, Started):
+                _reset_peak()
+                last = time.perf_counter()
+            elif isinstance(ev, StepDone):
+                times.append(now - last)
+                losses.append(ev.loss)
+                last = now
+            elif isinstance(ev, Notice):
+                notes.append(ev.message)
+            elif isinstance(ev, Finished):
+                break
+            if isinstance(ev, StepDone) and ev.step == steps:
+                result = _summary(times, losses, warmup)  # before the final checkpoint is written
+    finally:
+        shutil.rmtree(models, ignore_errors=True)
+    result["notes"] = notes
+    return result
+
+
+def run_stock(folder: Path, photos: Path, steps: int, warmup: int, resolution: int) -> dict:
+    import bitsandbytes as bnb
+    import torch.nn.functional as F
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    device = torch.device("cuda" if _cuda() else "cpu")
+    tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
+    noise_scheduler = DDPMScheduler.from_pretrained(folder, subfolder="scheduler")
+    text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", dtype=torch.float32)
+    vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=torch.float32)
+    unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=torch.float32)
+    vae.requires_grad_(False)
+    half = torch.float16 if device.type == "cuda" else torch.float32
+    vae.to(device, dtype=half)
+    unet.to(device).train()
+    text_encoder.to(device).train()
+    optimizer = bnb.optim.AdamW8bit(itertools.chain(unet.parameters(), text_encoder.parameters()), lr=2e-6,
+                                    betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
+    mode = "accelerate"
+    try:
+        from accelerate import Accelerator
+
+        accelerator = Accelerator(mixed_precision="fp16" if device.type == "cuda" else "no",
+                                  cpu=device.type == "cpu")
+        unet, text_encoder, optimizer = accelerator.prepare(unet, text_encoder, optimizer)
+        backward, clip = accelerator.backward, accelerator.clip_grad_norm_
+        step_fn = optimizer.step
+    except ImportError:  # the same arithmetic accelerate sets up for fp16
+        mode = "manual autocast + GradScaler"
+        scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
+        forward_unet, forward_te = unet.forward, text_encoder.forward
+        unet.forward = torch.autocast(device.type, dtype=half, enabled=device.type == "cuda")(forward_unet)
+        text_encoder.forward = torch.autocast(device.type, dtype=half, enabled=device.type == "cuda")(forward_te)
+
+        def backward(loss):
+            scaler.scale(loss).backward()
+
+        def clip(params, max_norm):
+            scaler.unscale_(optimizer)
+            return torch.nn.utils.clip_grad_norm_(params, max_norm)
+
+        def step_fn():
+            scaler.step(optimizer)
+            scaler.update()
+
+    images = [Image.open(p).convert("RGB") for p in sorted(photos.glob("*.png"))]
+    ids = tokenizer("a photo of sks person", padding="max_length", max_length=tokenizer.model_max_length,
+                    truncation=True, return_tensors="pt").input_ids.to(device)
+    params = list(itertools.chain(unet.parameters(), text_encoder.parameters()))
+    order = np.random.default_rng(0)
+    times, losses = [], []
+    _reset_peak()
+    last = time.perf_counter()
+    for _ in range(steps):
+        im = images[order.integers(len(images))]  # the example's per-step PIL transform
+        w, h = im.size
+        left, top = order.integers(0, w - resolution + 1), order.integers(0, h - resolution + 1)
+        arr = np.asarray(im.crop((left, top, left + resolution, top + resolution)), dtype=np.float32)
+        pixels = (torch.from_numpy(arr).permute(2, 0, 1)[None] / 127.5 - 1).to(device, dtype=half)
+        latents = vae.encode(pixels).latent_dist.sample() * vae.config.scaling_factor
+        noise = torch.randn_like(latents)
+        t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (1,), device=device).long()
+        noisy = noise_scheduler.add_noise(latents, noise, t)
+        encoder_hidden_states = text_encoder(ids)[0]
+        pred = unet(noisy, t, encoder_hidden_states, return_dict=False)[0]
+        loss = F.mse_loss(pred.float(), noise.float(), reduction="mean")
+        backward(loss)
+        clip(params, 1.0)
+        step_fn()
+        optimizer.zero_grad(set_to_none=False)
+        losses.append(loss.detach().item())  # the example logs the loss every step
+        now = time.perf_counter()
+        times.append(now - last)
+        last = now
+    result = _summary(times, losses, warmup)
+    result["precision"] = mode
+    return result  # the models go with this frame
+
+
+def _free() -> None:
+    gc.collect()
+    if _cuda():
+        torch.cuda.empty_cache()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--variants", default="default,fused,fused+compile",
+                    help=f"comma list of {', '.join(VARIANTS)}")
+    ap.add_argument("--no-stock", action="store_true")
+    ap.add_argument("--tiny", action="store_true", help="the tiny model at 64 px on the CPU (smoke test)")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # optional CPU 4-bit kernels: not used
+
+    work = Path(tempfile.mkdtemp(prefix="bench-train-data-"))
+    try:
+        if args.tiny:
+            from dreamy.tiny import ensure_tiny_model
+
+            folder, base, resolution = ensure_tiny_model(), "tiny", 64
+        else:
+            folder = build_full_sd15(work / "sd15-random")
+            base, resolution = str(folder), 512
+        photos = make_photos(work / "photos", 8, resolution + resolution // 4)
+        result = {"versions": versions(), "steps": args.steps, "warmup": args.warmup, "resolution": resolution,
+                  "model": "tiny" if args.tiny else "SD1.5 architecture, random init", "ours": {}}
+        if not args.no_stock:
+            result["stock"] = run_stock(folder, photos, args.steps, args.warmup, resolution)
+            _free()
+        for name in [v.strip() for v in args.variants.split(",") if v.strip()]:
+            result["ours"][name] = run_ours(base, photos, args.steps, args.warmup, VARIANTS[name], resolution)
+            _free()
+        if "stock" in result:
+            stock_s = result["stock"]["s_per_step_median"]
+            result["speedup_vs_stock"] = {k: stock_s / v["s_per_step_median"] for k, v in result["ours"].items()}
+        emit(result, args.out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

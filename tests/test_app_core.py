@@ -1,0 +1,204 @@
+"""The core pieces the studio leans on: path checks, pickers, training sets, prompt sweeps, particles,
+dropped-PNG summaries and out-of-memory messages. No server here; see test_app_api.py for that."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, PngImagePlugin
+
+from dreamy.errors import DreamyError
+
+# ---- paths ----
+
+def test_user_paths_must_stay_inside_the_roots(tmp_path):
+    from dreamy.paths import PathError, within
+
+    root = tmp_path / "models"
+    (root / "run").mkdir(parents=True)
+    assert within(root / "run", [root]) == (root / "run").resolve()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (root / "link").symlink_to(outside)
+    for bad in ("../../etc/passwd", "/etc/passwd", str(root / ".." / "outside"), str(root / "link"), "", "a\x00b"):
+        with pytest.raises(PathError):
+            within(bad, [root])
+
+
+def test_model_sources_the_studio_accepts(tmp_path):
+    from dreamy.paths import PathError, check_model_source
+
+    root = tmp_path / "models"
+    (root / "run").mkdir(parents=True)
+    assert check_model_source("tiny", [root]) == "tiny"
+    assert check_model_source("org/model", [root]) == "org/model"
+    assert check_model_source(str(root / "run"), [root]) == str((root / "run").resolve())
+    assert check_model_source("/opt/mine.safetensors", [root], allowed=["/opt/mine.safetensors"])  # from the CLI
+    with pytest.raises(PathError, match="turned off on shared links"):
+        check_model_source("org/model", [root], allow_hub=False)
+    for bad in ("/etc/passwd", "../../etc/passwd", "~/.ssh/id_rsa", str(tmp_path)):
+        with pytest.raises(PathError, match="outside the folders"):
+            check_model_source(bad, [root])
+
+
+def test_safe_names_never_escape_their_folder():
+    from dreamy.paths import PathError, check_name, safe_filename
+
+    assert safe_filename("../../etc/passwd") == "passwd"
+    assert safe_filename("C:\\Users\\x\\.bashrc") == "image.bashrc"  # never hidden
+    assert safe_filename("my photo (1).JPG") == "my_photo_1.jpg"
+    assert safe_filename("..") == "image" and safe_filename(".png") == "image.png"
+    for bad in ("../x", "a/b", ".hidden", "", "x" * 101):
+        with pytest.raises(PathError):
+            check_name(bad)
+
+
+def test_concurrent_jobs_each_claim_their_own_folder(tmp_path):
+    from dreamy.paths import claim_run_dir, release_if_empty
+
+    got: list = []
+    threads = [threading.Thread(target=lambda: got.append(claim_run_dir(tmp_path, "dream"))) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(got)) == 16 and all(d.is_dir() for d in got)
+    release_if_empty(got[0])
+    assert not got[0].exists()
+
+
+# ---- pickers ----
+
+def test_model_picker_lists_runs_and_each_checkpoint(tmp_path):
+    from dreamy.catalog import model_choices, runs
+
+    run = tmp_path / "my-run" / "checkpoints"
+    for step in (100, 200):
+        (run / f"step-{step:04d}").mkdir(parents=True)
+        (run / f"step-{step:04d}" / "dreamy-checkpoint.json").write_text("{}")
+    (run / "step-0300").mkdir()  # incomplete: no checkpoint file yet
+    choices = model_choices(tmp_path, [("tiny", "tiny")])
+    assert [label for label, _ in choices] == ["tiny", "my-run · step 200", "my-run · step 100"]
+    assert runs(tmp_path) == [("my-run (2 checkpoints, last step 200)", str((tmp_path / "my-run").resolve()))]
+
+
+# ---- training sets ----
+
+def test_adding_to_a_training_set_copies_under_safe_names_once(tmp_path):
+    from dreamy.curation import add_to_training_set, inspect_training_set
+
+    src = tmp_path / "src"
+    src.mkdir()
+    a = src / "a.png"
+    Image.new("RGB", (80, 80), "red").save(a)
+    other = tmp_path / "other"
+    other.mkdir()
+    Image.new("RGB", (600, 600), "blue").save(other / "a.png")  # same name, other picture
+    (src / "notes.txt").write_text("hi")
+    (src / "fake.png").write_text("not a png")
+    Image.new("RGB", (40, 40)).save(src / "tiny.png")
+    root = tmp_path / "sets"
+    added, notes = add_to_training_set([a, a, other / "a.png", src / "notes.txt", src / "fake.png",
+                                        src / "tiny.png"], "faces", root)
+    assert [p.name for p in added] == ["a.png", "a.png", "a-1.png", "fake.png", "tiny.png"]
+    assert notes == ["notes.txt: not an image file, skipped"]
+    checks = {c.name: c for c in inspect_training_set(root / "faces", 512)}
+    assert checks["a.png"].usable and "smaller than 512 px: will be upscaled" in checks["a.png"].notes
+    assert checks["a-1.png"].usable and not checks["a-1.png"].notes
+    assert not checks["fake.png"].usable and "not an image" in checks["fake.png"].line
+    assert not checks["tiny.png"].usable and "at least 64 px" in checks["tiny.png"].line
+    with pytest.raises(DreamyError, match="not a usable training set name"):
+        add_to_training_set([a], "../up", root)
+
+
+# ---- prompt sweeps ----
+
+def test_prompt_variants_expand_and_need_the_prompt_unlocked(tiny_model, tmp_path):
+    from dreamy.errors import LockedFieldError
+    from dreamy.prompt_sweep import expand_prompts, prompt_sweep_iter, write_prompt_grid
+
+    assert expand_prompts("{prompt}, by Turner\n\n  {prompt},  by Turner \nstone", "sea") == ["sea, by Turner", "stone"]
+    with pytest.raises(DreamyError, match="at least one"):
+        expand_prompts(" \n ", "sea")
+    small = {"width": 64, "height": 64, "steps": 2}
+    with pytest.raises(LockedFieldError, match="'prompt' is locked"):
+        next(prompt_sweep_iter(tiny_model, "biased-dreams", "a\nb", "0", tmp_path, overrides=small,
+                               unlock=["width", "height", "steps"]))
+    assert not list(tmp_path.iterdir())  # refused before any image
+    cells = list(prompt_sweep_iter(tiny_model, "biased-dreams", "a\nb", "0-1", tmp_path, overrides=small, unlock=True))
+    assert [(c.row, c.image.seed) for c in cells] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert cells[2].image.recipe.unlocked["prompt"]["value"] == "b"
+    grid = write_prompt_grid(cells, tmp_path / "grid.png", cell=64)
+    assert Image.open(grid).info["dreamy_prompt_grid"] == '{"prompts": ["a", "b"], "seeds": [0, 1]}'
+
+
+# ---- particles ----
+
+def test_particles_loop_seamlessly_and_follow_the_controls(tmp_path):
+    from dreamy.particles import PERIOD_S, particle_grid, render_frames, simulate, write_gif
+
+    assert particle_grid(0, 1.0) == (16, 16) and particle_grid(1, 0.5) == (128, 64)
+    x0, y0 = simulate(0.5, 0.4, 0.0, 2.0, 1.0)
+    x1, y1 = simulate(0.5, 0.4, PERIOD_S / 2.0, 2.0, 1.0)  # one period at speed 2
+    assert np.allclose(x0, x1) and np.allclose(y0, y1)
+    still = simulate(0.5, 0.0, 1.3, 1.0, 1.0)[0]
+    assert np.allclose(still, simulate(0.5, 0.0, 0.0, 1.0, 1.0)[0])  # no drift, no motion
+    image = Image.new("RGB", (100, 50), (10, 200, 30))
+    frames = render_frames(image, density=0.2, drift=0.5, speed=1.0, frames=6, size=128)
+    assert len(frames) == 6 and frames[0].size == (128, 64)
+    assert np.asarray(frames[0]).reshape(-1, 3).max(axis=0).tolist() == [10, 200, 30]
+    src = tmp_path / "in.png"
+    image.save(src)
+    with Image.open(write_gif(src, tmp_path / "p.gif", frames=4, size=64)) as gif:
+        assert gif.n_frames == 4 and gif.info["loop"] == 0
+    with pytest.raises(DreamyError):
+        render_frames(image, density=2.0)
+
+
+# ---- dropped PNGs ----
+
+def test_a_foreign_png_maps_onto_dream_settings_and_hostile_values_are_dropped(tmp_path):
+    from dreamy.png_info import describe_png
+
+    def png(text):
+        info = PngImagePlugin.PngInfo()
+        info.add_text("parameters", text)
+        p = tmp_path / f"{abs(hash(text))}.png"
+        Image.new("RGB", (8, 8)).save(p, pnginfo=info)
+        return p
+
+    s = describe_png(png("a tower\nNegative prompt: fog\nSteps: 20, Sampler: Euler a, CFG scale: 6.5, Seed: 42, "
+                         "Size: 512x768"))
+    assert s.kind == "foreign" and s.seed == 42
+    assert s.values == {"prompt": "a tower", "negative_prompt": "fog", "guidance": 6.5, "steps": 20,
+                        "width": 512, "height": 768}
+    s = describe_png(png("x" * 200_000 + "\nSteps: lots, CFG scale: nan, Seed: -1, Size: 1e9x2"))
+    assert s.kind == "foreign" and s.seed is None and set(s.values) == {"prompt", "negative_prompt"}
+    assert len(s.values["prompt"]) <= 4000
+    plain = tmp_path / "plain.png"
+    Image.new("RGB", (8, 8)).save(plain)
+    assert describe_png(plain).kind == "none"
+
+
+# ---- out of memory ----
+
+def test_out_of_memory_becomes_a_message_with_a_suggestion():
+    from dreamy.failures import OutOfMemory, user_error
+
+    err = user_error(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB"), "train")
+    assert isinstance(err, OutOfMemory) and "Out of GPU memory during train: use LoRA" in str(err)
+    err = user_error(RuntimeError("[enforce fail] DefaultCPUAllocator: can't allocate memory"), "enlarge")
+    assert "Out of memory during enlarge" in str(err)
+    assert user_error(ValueError("a bug"), "dream") is None
+
+
+def test_prompt_helper_is_off_without_a_configured_model(monkeypatch):
+    from dreamy.prompt_helper import configured_model
+
+    monkeypatch.delenv("DREAMY_PROMPT_MODEL", raising=False)
+    assert configured_model() is None
+    assert os.environ.get("DREAMY_PROMPT_MODEL") is None
