@@ -72,9 +72,58 @@ def compare(a: np.ndarray, b: np.ndarray) -> dict:
             "psnr_db": math.inf if mse == 0 else 10 * math.log10(255**2 / mse)}
 
 
-def emit(result: dict, out: str | None) -> None:
+def summarise(comparisons: list[dict]) -> dict:
+    """Many per-seed ``compare`` results as one: all identical?, worst max |delta|, worst PSNR."""
+    return {"n": len(comparisons), "identical_all": all(c["identical"] for c in comparisons),
+            "max_abs_max": max(c["max_abs"] for c in comparisons),
+            "psnr_db_min": min(c["psnr_db"] for c in comparisons)}
+
+
+def gpu_state() -> dict:
+    """Clocks, power, temperature and throttle reasons as nvidia-smi reads them (recorded, never set)."""
+    import subprocess
+
+    state: dict = {}
+    for q in ("name,clocks.sm,clocks.max.sm,clocks.mem,power.draw,power.limit,temperature.gpu",
+              "clocks_throttle_reasons.active,clocks_throttle_reasons.hw_slowdown,"
+              "clocks_throttle_reasons.hw_thermal_slowdown,clocks_throttle_reasons.sw_thermal_slowdown,"
+              "clocks_throttle_reasons.sw_power_cap"):
+        try:
+            out = subprocess.run(["nvidia-smi", f"--query-gpu={q}", "--format=csv,noheader"], capture_output=True,
+                                 text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if out and "Field" not in out:
+            state.update(zip(q.split(","), (v.strip() for v in out.split(",")), strict=False))
+    return state
+
+
+def gpu_probe() -> dict:
+    """A health reading: bf16 4096^3 matmul TFLOP/s (H100 SXM ~600-750 when not throttled) plus gpu_state().
+
+    Clocks and throttling move during a run (a hot card slows down several-fold), so the benchmark
+    takes this before and after each section and interleaves the arms it compares.
+    """
+    if not torch.cuda.is_available():
+        return {}
+    a = torch.randn(4096, 4096, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(4096, 4096, device="cuda", dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(20):
+        a @ b
+    end.record()
+    end.synchronize()
+    ms = start.elapsed_time(end) / 20
+    return {"matmul_tflops": 2 * 4096**3 / (ms / 1000) / 1e12, **gpu_state()}
+
+
+def emit(result: dict, out: str | None, quiet: bool = False) -> None:
     text = json.dumps(result, indent=2, default=str)
-    print(text)
+    if not quiet:
+        print(text)
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(text)

@@ -167,6 +167,32 @@ def _ensure_dtype(model: SDModel, precision: str) -> None:
         model.dtype = dtype
 
 
+def _generic_batches(
+    model: SDModel,
+    base: Recipe,
+    seed_list: list[int],
+    batch_size: int,
+    cond: torch.Tensor,
+    uncond: torch.Tensor,
+    on_progress: ProgressCallback | None,
+    cancel: CancelToken | None,
+) -> Iterator[tuple[list[int], list[Image.Image], bool]]:
+    """The stock-order loop on any device: (seeds, images, vae_upcast) per batch, progress per step."""
+    s = base.settings
+    for start in range(0, len(seed_list), batch_size):
+        batch = seed_list[start : start + batch_size]
+        latents = torch.cat([initial_noise(model, seed, s.width, s.height) for seed in batch])
+
+        def on_step(step: int, steps: int, start: int = start, n: int = len(batch)) -> None:
+            if on_progress is not None:
+                on_progress(Progress("dream", step, steps, item=start, items=len(seed_list),
+                                     message=f"seeds {start + 1}-{start + n} of {len(seed_list)}"))
+
+        latents = denoise(model, base, latents, cond, uncond, on_step, cancel)
+        images, upcast = decode(model, latents)
+        yield batch, images, upcast
+
+
 def dream_iter(
     model: str | SDModel,
     preset: str | Preset = "biased-dreams",
@@ -180,10 +206,14 @@ def dream_iter(
     device: str | None = None,
     on_progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
+    fast: bool | str | None = None,
 ) -> Iterator[DreamImage]:
     """Yield one DreamImage per seed as soon as its batch is decoded (and saved, with ``out_dir``).
 
     The recipe comes from ``preset`` + ``overrides`` (locks enforced), or is given whole (recall).
+    ``fast``: the CUDA fast path (dreamy.fast) - None: on where it is supported unless
+    ``DREAMY_FAST=0``; False: never (the generic loop); True: on, overriding ``DREAMY_FAST=0``;
+    "graph" or "compile": that level (see dreamy/fast/policy.py).
     """
     seed_list = parse_seeds(seeds)
     if recipe is None:
@@ -196,22 +226,20 @@ def dream_iter(
         _ensure_dtype(model, recipe.settings.precision)
     if model.is_demo:
         log.warning("Dreaming with the %s.", model.ref.label)
+    from . import fast as fast_path
+
     base = recipe.replace(model=model.ref, runtime=runtime_info(model))
     s = base.settings
     cond = encode_prompt(model, s.prompt)
     uncond = encode_prompt(model, s.negative_prompt)
     out = Path(out_dir) if out_dir is not None else None
-    for start in range(0, len(seed_list), batch_size):
-        batch = seed_list[start : start + batch_size]
-        latents = torch.cat([initial_noise(model, seed, s.width, s.height) for seed in batch])
-
-        def on_step(step: int, steps: int, start: int = start, n: int = len(batch)) -> None:
-            if on_progress is not None:
-                on_progress(Progress("dream", step, steps, item=start, items=len(seed_list),
-                                     message=f"seeds {start + 1}-{start + n} of {len(seed_list)}"))
-
-        latents = denoise(model, base, latents, cond, uncond, on_step, cancel)
-        images, upcast = decode(model, latents)
+    quick = fast_path.select(model, base, seed_list, batch_size, tuple(cond.shape), fast)
+    if quick is not None:
+        base = base.replace(runtime={**base.runtime, "path": quick.label})
+        batches = quick.batches(model, base, cond, uncond, on_progress, cancel)
+    else:
+        batches = _generic_batches(model, base, seed_list, batch_size, cond, uncond, on_progress, cancel)
+    for batch, images, upcast in batches:
         for seed, image in zip(batch, images, strict=True):
             r = base.replace(seed=seed)
             if upcast:

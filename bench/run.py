@@ -1,0 +1,108 @@
+"""The one benchmark suite: every bench next to its stock/official baseline, on whatever GPU is here.
+
+    python -m bench [--only dream,train,enlarge] [--out-dir docs] [--budget-s 540]
+
+Each bench is a module ``bench/<name>.py`` with ``main(argv)`` that takes ``--out PATH`` (and
+``--budget-s``) and writes one JSON result; an optional ``markdown(result) -> str`` renders its
+table. Each runs in its own process (a clean GPU, and one bench's crash cannot take the others
+down). The suite writes ``bench-suite-<gpu>-<name>.json`` per bench, and ``bench-suite-<gpu>.json``
+and ``bench-suite-<gpu>.md`` for the whole run, into ``--out-dir``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+# (name, module, extra arguments). Dream is ours; the Train and Enlarge entries are hook points for
+# benches written by the Train and Enlarge work (bench/train.py, bench/enlarge.py): until a module
+# exists it is recorded as "not present" and skipped.
+SUITE: list[tuple[str, str, list[str]]] = [
+    ("dream", "bench.dream", ["--repeats", "5", "--batch", "16"]),
+    ("train", "bench.train", []),  # HOOK: full-recipe train step vs diffusers' train_dreambooth.py
+    ("enlarge", "bench.enlarge", []),  # HOOK: SUPIR 512->2048 tiled and untiled vs the official code
+]
+
+
+def gpu_slug() -> str:
+    """'h100', 'h200', ... from the GPU's name (file names), 'cpu' without one."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return "cpu"
+    name = torch.cuda.get_device_name().lower()
+    for token in name.replace("-", " ").split():
+        if token[:1] in "abhlv" and token[1:].isdigit():
+            return token
+    return "gpu"
+
+
+def run_one(name: str, module: str, extra: list[str], out: Path, budget_s: float) -> dict:
+    if importlib.util.find_spec(module) is None:
+        return {"bench": name, "status": "not present", "module": module}
+    t = time.perf_counter()
+    cmd = [sys.executable, "-m", module, "--out", str(out), "--budget-s", str(int(budget_s)), *extra]
+    try:
+        p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=budget_s + 120)
+        if p.returncode == 2 and "--budget-s" in p.stderr:  # a bench that takes no budget: run it without
+            cmd = [c for c in cmd if c not in ("--budget-s", str(int(budget_s)))]
+            p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=budget_s + 120)
+    except subprocess.TimeoutExpired:
+        return {"bench": name, "status": "timed out", "command": " ".join(cmd)}
+    status = {"bench": name, "status": "ok" if p.returncode == 0 else f"exit {p.returncode}",
+              "wall_s": time.perf_counter() - t, "command": " ".join(cmd[1:])}
+    if p.returncode:
+        status["stderr_tail"] = p.stderr[-3000:]
+    if out.exists():
+        status["result"] = json.loads(out.read_text())
+    return status
+
+
+def markdown(runs: list[dict]) -> str:
+    parts = []
+    for run in runs:
+        parts.append(f"### {run['bench']}: {run['status']}")
+        result = run.get("result")
+        if not result:
+            continue
+        module = importlib.import_module(dict((n, m) for n, m, _ in SUITE)[run["bench"]])
+        render = getattr(module, "markdown", None)
+        parts.append(render(result) if render else "```json\n" + json.dumps(result, indent=1, default=str) + "\n```")
+    return "\n\n".join(parts) + "\n"
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--only", default=",".join(n for n, _, _ in SUITE))
+    ap.add_argument("--out-dir", default="docs")
+    ap.add_argument("--budget-s", type=float, default=540.0, help="per bench")
+    ap.add_argument("--allow-cpu", action="store_true", help="run even without a GPU (full-size models: slow)")
+    args = ap.parse_args(argv)
+    import torch
+
+    if not torch.cuda.is_available() and not args.allow_cpu:
+        print("No CUDA GPU here: the suite times full-size models on a GPU; nothing run (--allow-cpu to insist).")
+        return []
+    wanted = set(args.only.split(","))
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    slug = gpu_slug()
+    runs = [run_one(n, m, extra, out_dir / f"bench-suite-{slug}-{n}.json", args.budget_s)
+            for n, m, extra in SUITE if n in wanted]
+    (out_dir / f"bench-suite-{slug}.json").write_text(json.dumps(runs, indent=2, default=str))
+    text = markdown(runs)
+    (out_dir / f"bench-suite-{slug}.md").write_text(text)
+    print(text)
+    return runs
+
+
+if __name__ == "__main__":
+    main()
