@@ -202,10 +202,13 @@ def image_files(source: str | os.PathLike | Iterable[str | os.PathLike]) -> tupl
     for p in paths:
         if p.is_dir():
             skipped.append(f"{p.name}/: a folder (folders are not searched)")
+        elif p.name.startswith("."):
+            skipped.append(f"{p.name}: a hidden file")  # .DS_Store, ._photo.jpg (macOS), editor swap files
         elif is_image_name(p):
             files.append(p)
-        elif p.suffix.lower() == ".txt" and p.stem in stems:
-            continue
+        elif p.suffix.lower() == ".txt":
+            if p.stem not in stems:
+                skipped.append(f"{p.name}: a caption with no image of the same name")
         else:
             skipped.append(f"{p.name}: not an image file")
     return files, skipped

@@ -114,7 +114,7 @@ def test_folder_scan_reports_every_file(tmp_path):
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     scan = load_images(tmp_path)
     assert [li.path.name for li in scan.images] == ["p0.png", "p1.png"]
-    assert scan.skipped == [".DS_Store: not an image file", "sub/: a folder (folders are not searched)"]
+    assert scan.skipped == [".DS_Store: a hidden file", "sub/: a folder (folders are not searched)"]
     assert len(scan.failed) == 1 and scan.failed[0].startswith("broken.png: ")
     report = scan.report()
     assert report[0] == "p0.png: 80x64 PNG" and any(line.startswith("refused broken.png") for line in report)
