@@ -72,7 +72,7 @@ def cmd_dream(args: argparse.Namespace) -> int:
     try:
         results = _with_cancel(lambda token: dream(
             args.model, args.preset, args.seeds, overrides=overrides, unlock=args.unlock,
-            out_dir=args.out, batch_size=args.batch_size, device=args.device,
+            out_dir=args.out, batch_size=args.batch_size, device=args.device, fast=_fast_arg(args.fast),
             on_progress=on_progress, cancel=token, contact_sheet=not args.no_contact_sheet,
         ))
     finally:
@@ -93,7 +93,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         result = _with_cancel(lambda token: sweep(
             args.model, args.preset, args.seeds, args.out, checkpoints=args.checkpoints, overrides=overrides,
             unlock=args.unlock, batch_size=args.batch_size, device=args.device, on_progress=on_progress,
-            cancel=token,
+            cancel=token, fast=_fast_arg(args.fast),
         ))
     finally:
         bar.close()
@@ -112,6 +112,13 @@ def _add_dream_flags(p: argparse.ArgumentParser) -> None:
                    help="allow changing locked settings: all of them, or a comma list (e.g. guidance,steps)")
     p.add_argument("--batch-size", type=int, default=1, help="seeds per batch on the GPU (images do not change)")
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:1, mps")
+    p.add_argument("--fast", choices=("auto", "off", "graph", "compile"), default="auto",
+                   help="CUDA fast path: auto (default: graph, bit-identical to stock; $DREAMY_FAST), off, "
+                   "graph, or compile (faster, within stock's own numerical spread, slow first image)")
+
+
+def _fast_arg(value: str) -> bool | str | None:
+    return {"auto": None, "off": False}.get(value, value)
 
 
 def cmd_recall(args: argparse.Namespace) -> int:
@@ -185,6 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .train.cli import add_parser as add_train_parser
 
     add_train_parser(sub)
+    from .enlarge.cli import add_parser as add_enlarge_parser
+
+    add_enlarge_parser(sub)
     return parser
 
 

@@ -110,6 +110,7 @@ def sweep(
     device: str | None = None,
     on_progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
+    fast: bool | str | None = None,
 ) -> dict[str, Any]:
     """Dream every (model, seed) once; returns the merged manifest (main process) or this rank's part."""
     from .dream import dream_iter
@@ -137,7 +138,8 @@ def sweep(
                 loaded = (m, load_model(plan.models[m], device=dev, precision=recipe.settings.precision))
             t1 = time.perf_counter()
             made = []
-            for img in dream_iter(loaded[1], seeds=list(batch), recipe=recipe, batch_size=len(batch), cancel=cancel):
+            for img in dream_iter(loaded[1], seeds=list(batch), recipe=recipe, batch_size=len(batch), cancel=cancel,
+                                  fast=fast):
                 target = plan.path(m, img.seed)
                 if not target.exists():  # finished before a crash: written once, never again
                     save_png(img.image, target, img.recipe)
