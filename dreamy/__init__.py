@@ -30,6 +30,9 @@ def __getattr__(name: str):
         "resolve": ("recipe", "resolve"),
         "Recipe": ("recipe", "Recipe"),
         "parse_seeds": ("seeds", "parse_seeds"),
+        "sweep": ("sweep", "sweep"),
+        "train": ("train", "train"),
+        "export": ("train", "export"),
     }
     if name in lazy:
         import importlib
@@ -42,5 +45,5 @@ def __getattr__(name: str):
 __all__ = [
     "CancelToken", "Cancelled", "DreamyError", "LockedFieldError", "PresetError", "Progress", "RecallError",
     "SeedSyntaxError", "SourceError", "__version__", "dream", "dream_iter", "list_presets", "load_model",
-    "load_preset", "parse_seeds", "recall", "resolve", "Recipe",
+    "load_preset", "parse_seeds", "recall", "resolve", "Recipe", "sweep", "train", "export",
 ]
