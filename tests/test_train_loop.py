@@ -143,7 +143,7 @@ def test_refusals_have_one_sentence(tmp_path):
         next(train(images, name="../escape", models_dir=tmp_path))
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes.txt").write_text("no photos here")
-    with pytest.raises(TrainDataError, match=r"No usable training image in .*empty \(notes.txt: not an image file\)"):
+    with pytest.raises(TrainDataError, match=r"No usable training image in .*empty \(notes.txt: a caption with no image of the same name\)"):
         next(train(tmp_path / "empty", name="x", models_dir=tmp_path))
     run(images, tmp_path / "m", "once", {"max_train_steps": 1})
     with pytest.raises(TrainError, match="already exists with 1 checkpoint"):

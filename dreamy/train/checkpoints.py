@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..atomic import output_error
 from ..errors import SourceError
 from ..sources import TRAIN_CHECKPOINT_FILE as CHECKPOINT_FILE
 from .modes import Trainables
@@ -122,8 +123,11 @@ def save_checkpoint(
 ) -> Path:
     """Write checkpoint ``step`` atomically: the inference parts in fp16 plus the full resume state."""
     final = step_dir(run_dir, step)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
+    except OSError as e:
+        raise output_error(final, e) from None
     try:
         parts = trainables.checkpoint_parts()
         for name, tensors in parts.items():
@@ -150,8 +154,10 @@ def save_checkpoint(
         (tmp / CHECKPOINT_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True), encoding="utf-8")
         os.chmod(tmp, 0o755)
         _replace_dir(tmp, final)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError):  # disk full, read-only: say so; the previous checkpoints are untouched
+            raise output_error(final, e) from None
         raise
     return final
 
@@ -164,6 +170,20 @@ def _replace_dir(src: Path, dst: Path) -> None:
         shutil.rmtree(trash, ignore_errors=True)
     else:
         os.rename(src, dst)
+
+
+def remove_leftovers(run_dir: Path) -> list[Path]:
+    """Delete the hidden temporary and trash folders that a killed run left among its checkpoints.
+
+    Only called before a run (re)starts, when no writer can be busy with them.
+    """
+    root = run_dir / "checkpoints"
+    stale = [p for p in root.glob(".tmp-*")] + [p for p in root.glob(".trash-*")] if root.is_dir() else []
+    for d in root.glob("step-*/.trash-*") if root.is_dir() else []:
+        stale.append(d)
+    for p in stale:
+        shutil.rmtree(p, ignore_errors=True)
+    return stale
 
 
 def _remove(path: Path) -> None:

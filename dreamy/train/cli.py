@@ -1,6 +1,7 @@
 """``python -m dreamy train``: the Train engine from the command line, with a progress bar.
 
 Kept light at import time (argument definitions only); the engine loads when the command runs.
+Under ``accelerate launch`` (data-parallel training) only the main process prints and exports.
 """
 
 from __future__ import annotations
@@ -78,7 +79,8 @@ def add_parser(sub: Any) -> None:
     t.add_argument("--export-only", default=None, metavar="STEP", nargs="?", const="latest",
                    help="do not train: export the run's newest checkpoint (or STEP) with --export")
     t.add_argument("--models-dir", default=None, help="where runs live (default: $DREAMY_MODELS, else ./models)")
-    t.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:1, mps")
+    t.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:1, mps; under accelerate "
+                   "launch each process takes its own GPU (cpu: N CPU processes)")
     t.set_defaults(func=cmd_train)
 
 
@@ -126,6 +128,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ..sources import default_model
     from . import Finished, train
     from .loop import run_dir_for
+    from .parallel import is_main_process
 
     if args.export_only is not None:
         run_dir = run_dir_for(args.name, args.models_dir)
@@ -143,7 +146,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.validation_steps is not None:
         validation["steps"] = args.validation_steps
     unlock = _unlock_arg(args.unlock) if args.unlock is not None else ()
-    on_event = _bar()
+    main = is_main_process()
+    on_event = _bar() if main else (lambda ev: None)  # one progress bar, not one per process
 
     def go(token) -> Any:
         last = None
@@ -157,6 +161,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     fin = _with_cancel(go)
     if not isinstance(fin, Finished):
         return 1
+    if not main:  # the main process reports and exports what all trained
+        return 130 if fin.stopped else 0
     for name, path in fin.files.items():
         print(f"{name}: {path}")
     if fin.checkpoint is not None:

@@ -5,6 +5,8 @@ masters; on CUDA the forward runs under fp16 autocast with a GradScaler (the fro
 LoRA's frozen base, are cast to fp16); on the CPU everything is fp32. Each optimizer step:
 pivot/lr for the step -> ``accum`` micro-steps of forward/backward -> unscale, clip, step, update.
 Every random draw is seeded by (seed, micro-step), see ``data.py``, so a resumed run is bit-identical.
+Under ``accelerate launch`` with N processes the run is data-parallel (``parallel.py``): a global
+batch of ``train_batch_size`` x N, gradients summed across ranks, files written by the main process.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from .events import CheckpointSaved, Finished, Notice, Started, StepDone, TrainE
 from .logbook import LOG_NAME, PLOT_NAME, LossLog, plot
 from .modes import Trainables, setup_mode
 from .optim import TrainSetupError, apply_lr, make_optimizer
+from .parallel import Group, join
 from .prior import class_folder, generate_class_images, load_class_images, missing_class_images
 from .validation import GRID_NAME, render, write_grid
 
@@ -98,11 +101,16 @@ def _base_record(ref: ModelRef) -> dict[str, Any]:
     return rec
 
 
-def _check_resumable(run_dir: Path, recipe: Recipe, base: ModelRef) -> None:
+def _check_resumable(run_dir: Path, recipe: Recipe, base: ModelRef, processes: int = 1) -> None:
     try:
         saved = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         raise TrainError(f"'{run_dir}' has no readable run.json; it cannot be resumed.") from None
+    if saved.get("processes", 1) != processes:  # the global batch (and so the data order) depends on it
+        n = saved.get("processes", 1)
+        raise TrainError(f"Run '{run_dir.name}' was trained by {n} process(es) (a global batch of "
+                         f"train_batch_size x {n}); resume it with {n} "
+                         f"({'accelerate launch --num_processes ' + str(n) if n > 1 else 'no accelerate launch'}).")
     if saved["base"]["sha256"] != base.sha256:
         raise TrainError(f"Run '{run_dir.name}' was trained on another base model ({saved['base']['source']}); "
                          "resume it with that base.")
@@ -151,9 +159,9 @@ class _Loop:
     """The state of one training run between steps (kept out of ``train`` to keep that readable)."""
 
     def __init__(self, s: TrainSettings, model: SDModel, tr: Trainables, inst: _Batchable,
-                 prior: _Batchable | None, device: torch.device, dtype: torch.dtype) -> None:
+                 prior: _Batchable | None, device: torch.device, dtype: torch.dtype, group: Group) -> None:
         self.s, self.model, self.tr, self.inst, self.prior = s, model, tr, inst, prior
-        self.device, self.dtype = device, dtype
+        self.device, self.dtype, self.group = device, dtype, group
         self.noise_scheduler = _noise_scheduler()
         self.alphas = self.noise_scheduler.alphas_cumprod.to(device)
         self.scaling = model.vae.config.scaling_factor
@@ -163,20 +171,28 @@ class _Loop:
         return torch.autocast("cuda", dtype=self.dtype) if self.dtype != torch.float32 else nullcontext()
 
     def _half(self, b: _Batchable, micro: int, salt: str, g: torch.Generator):
-        s = self.s
-        idx = batch_indices(s.seed, micro, len(b.data), s.train_batch_size, salt)
+        """This rank's rows of the micro-step's global batch: scaled latents, token ids, rows, weights, size.
+
+        Random numbers are drawn for the whole global batch and then picked, so a row's draws do not
+        depend on how many processes share the batch.
+        """
+        s, group = self.s, self.group
+        idx = batch_indices(s.seed, micro, len(b.data), s.train_batch_size * group.size, salt)
+        rows, weight = group.shard(len(idx), s.train_batch_size)
         if b.mean is not None:
-            mean, std = b.mean[idx], b.std[idx]
+            mean, std = group.pick(b.mean[idx], rows), group.pick(b.std[idx], rows)
         else:
             crops = []
-            for j, i in enumerate(idx):
-                px = b.data.images[i].pixels
+            for j in rows:  # j: the position in the global batch, which seeds the crop
+                px = b.data.images[idx[j]].pixels
                 if px.shape[1:] != (s.resolution, s.resolution):
                     px = random_crop(px, s.resolution, generator(s.seed, "crop", salt, micro, j))
                 crops.append(px)
             mean, std = _latent_stats(self.model.vae, torch.stack(crops))
-        sample = mean + std * torch.randn(mean.shape, generator=g, device=self.device, dtype=mean.dtype)
-        return sample * self.scaling, b.ids[idx]  # ids stay on the CPU until _text
+        eps = torch.randn((len(idx), *mean.shape[1:]), generator=g, device=self.device, dtype=mean.dtype)
+        sample = mean + std * group.pick(eps, rows)
+        ids = b.ids[[idx[j] for j in rows]]  # ids stay on the CPU until _text
+        return sample * self.scaling, ids, rows, weight, len(idx)
 
     def _text(self, ids: torch.Tensor) -> torch.Tensor:
         te = self.tr.text_encoder
@@ -194,16 +210,21 @@ class _Loop:
     def micro_loss(self, micro: int) -> torch.Tensor:
         s = self.s
         g = generator(s.seed, "step", micro, device=self.device)
-        latents, ids = self._half(self.inst, micro, "order", g)
-        n_inst = latents.shape[0]
+        pick = self.group.pick
+        latents, ids, rows, inst_w, n_all_inst = self._half(self.inst, micro, "order", g)
+        n_inst, n_all = latents.shape[0], n_all_inst
         if self.prior is not None:
-            c_lat, c_ids = self._half(self.prior, micro, "class", g)
+            c_lat, c_ids, c_rows, prior_w, n_all_prior = self._half(self.prior, micro, "class", g)
             latents, ids = torch.cat([latents, c_lat]), torch.cat([ids, c_ids])
-        noise = torch.randn(latents.shape, generator=g, device=self.device)
+            rows = rows + [n_all_inst + j for j in c_rows]
+            n_all += n_all_prior
+        shape = (n_all, *latents.shape[1:])  # the global batch's (one process: latents.shape)
+        noise = pick(torch.randn(shape, generator=g, device=self.device), rows)
         if s.noise_offset:
-            noise = noise + s.noise_offset * torch.randn((*latents.shape[:2], 1, 1), generator=g, device=self.device)
-        t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (latents.shape[0],),
-                          generator=g, device=self.device)
+            offset = torch.randn((*shape[:2], 1, 1), generator=g, device=self.device)
+            noise = noise + s.noise_offset * pick(offset, rows)
+        t = pick(torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (n_all,),
+                               generator=g, device=self.device), rows)
         noisy = self.noise_scheduler.add_noise(latents, noise, t)
         with self._autocast():
             emb = self._text(ids)
@@ -218,9 +239,15 @@ class _Loop:
             snr = self.alphas[t[:n_inst]] / (1 - self.alphas[t[:n_inst]])
             weight = torch.clamp(snr, max=s.snr_gamma) / (snr + 1 if target is not noise else snr)
             inst_loss = inst_loss * weight
-        loss = inst_loss.mean()
+        if inst_w is None:  # one process
+            loss = inst_loss.mean()
+            if self.prior is not None:
+                loss = loss + s.prior_loss_weight * per_sample[n_inst:].mean()
+            return loss
+        # this rank's share of the global batch's mean: summed over ranks (as the gradients are), it is that mean
+        loss = (inst_loss * inst_w).sum() / n_all_inst
         if self.prior is not None:
-            loss = loss + s.prior_loss_weight * per_sample[n_inst:].mean()
+            loss = loss + s.prior_loss_weight * (per_sample[n_inst:] * prior_w).sum() / n_all_prior
         return loss
 
 
@@ -245,6 +272,10 @@ def train(
     for the validation renders only (e.g. a smaller size on a CPU); the change is recorded in each
     PNG's recipe. ``cancel`` stops after the current step: a checkpoint is saved and the generator
     ends with ``Finished(stopped=True)``. ``resume=True`` continues from the newest checkpoint.
+
+    Under ``accelerate launch`` with N > 1 processes each one calls ``train`` alike and trains on its
+    own GPU (``device="cpu"``: N CPU processes); the main process alone writes files and yields
+    ``Notice`` and ``ValidationDone``; the others yield the same steps and checkpoints.
     """
     preset = load_preset(preset) if isinstance(preset, str) else preset
     recipe = resolve(preset, "train", overrides, unlock)
@@ -252,6 +283,8 @@ def train(
     dream_recipe = resolve(preset, "dream", validation, unlock=list(validation or {}))
     seeds = parse_seeds(s.validation_seeds) if s.validation_seeds.strip() else []
     run_dir = run_dir_for(name, models_dir)
+    if resume:
+        ckpt.remove_leftovers(run_dir)  # temporary folders of writes a crash cut short
     existing = ckpt.list_checkpoints(run_dir)
     resume_from = ckpt.latest_resumable(run_dir) if resume else None
     if existing and not resume:
@@ -263,14 +296,15 @@ def train(
     if uses_prior and not s.class_prompt.strip():
         raise TrainError("Prior preservation needs a class prompt (e.g. 'a photo of a person').")
 
-    dev = pick_device(device)
+    group = join(device)  # one process without a launcher: no collective at all
+    dev = group.device if group.device is not None else pick_device(device)
     dtype = _compute_dtype(s, dev)
     data = prepare_images(images, resolution=s.resolution, prompt=s.instance_prompt, trigger=s.trigger_word,
                           captions=s.captions, crop=s.crop)
     model = load_model(base, device=dev, precision="fp32")  # fp32: the trained tensors are the masters
     base_ref = model.ref
     if resume_from is not None:
-        _check_resumable(run_dir, recipe, base_ref)
+        _check_resumable(run_dir, recipe, base_ref, group.size)
     recipe = recipe.replace(model=base_ref)
     if dtype != torch.float32:
         model.vae.to(dtype)  # frozen: compute precision is enough
@@ -297,15 +331,20 @@ def train(
     captions = [tr.substitute(im.caption, s.trigger_word) for im in data.images]
     inst = _Batchable(data, _tokenize(tr.tokenizer, captions))
     notices = [opt_note] if opt_note else []
+    if group.size > 1:
+        notices.append(f"Data-parallel over {group.size} processes: a global batch of {s.train_batch_size} x "
+                       f"{group.size} = {s.train_batch_size * group.size} images per micro-step.")
     prior = None
     if uses_prior:
         folder = class_folder(s, run_dir)
+        group.barrier()  # every rank sees the same missing images before any is made
         todo = missing_class_images(s, folder)
         if todo:
             notices.append(f"Generating {len(todo)} class image(s) of '{s.class_prompt}' into {folder}.")
-            for _ in generate_class_images(live, preset, s, folder, todo):
+            for _ in generate_class_images(live, preset, s, folder, todo[group.rank :: group.size]):
                 if cancel is not None:
                     cancel.check()  # the images made so far stay and are reused next time
+        group.barrier()
         class_data = load_class_images(s, folder)
         prior = _Batchable(class_data, _tokenize(tr.tokenizer, [s.class_prompt] * len(class_data)))
     if s.cache_latents and s.crop == "center":
@@ -317,39 +356,56 @@ def train(
     log = LossLog(run_dir / "logs" / LOG_NAME)
     meta = {"run": name, "mode": s.mode, "base": _base_record(base_ref), "trigger_word": s.trigger_word,
             "lora_rank": s.lora_rank, "lora_alpha": s.lora_alpha, "recipe": recipe.to_dict()}
+    if group.size > 1:
+        meta["processes"] = group.size
     if resume_from is not None:
         start = _restore(resume_from, tr, optimizer, scaler)
-        log.truncate(start)
-        for f in (run_dir / "validation").glob("step*-seed*.png"):
-            m = re.match(r"step(\d+)-", f.name)
-            if m and int(m.group(1)) > start:
-                f.unlink()  # rendered after the checkpoint by a run that did not get to save
-    else:
+        if group.is_main:
+            log.truncate(start)
+            for f in (run_dir / "validation").glob("step*-seed*.png"):
+                m = re.match(r"step(\d+)-", f.name)
+                if m and int(m.group(1)) > start:
+                    f.unlink()  # rendered after the checkpoint by a run that did not get to save
+    elif group.is_main:
         if run_dir.exists():  # a run that never reached a checkpoint: start it over
             for sub in ("validation", "logs"):
                 shutil.rmtree(run_dir / sub, ignore_errors=True)
-        _write_json(run_dir / "run.json", {"format": 1, "name": name, "base": _base_record(base_ref),
-                                           "recipe": recipe.to_dict(), "images": data.report})
+        record = {"format": 1, "name": name, "base": _base_record(base_ref), "recipe": recipe.to_dict(),
+                  "images": data.report}
+        if group.size > 1:
+            record["processes"] = group.size
+        _write_json(run_dir / "run.json", record)
+    group.barrier()  # the run folder is set up before anyone trains
     total = s.max_train_steps
     if start >= total:
         raise TrainError(f"Run '{name}' is already at step {start} of {total}; raise max_train_steps to continue.")
     yield Started(start, total, run_dir.resolve(), start if resume_from is not None else None, tuple(data.report))
-    for note in notices:
+    for note in notices if group.is_main else ():
         yield Notice(start, total, note)
 
-    loop = _Loop(s, model, tr, inst, prior, dev, dtype)
+    loop = _Loop(s, model, tr, inst, prior, dev, dtype, group)
     files = {"log": log.path, "plot": run_dir / "logs" / PLOT_NAME, "grid": run_dir / "validation" / GRID_NAME}
 
     def validate(step: int, ref: ModelRef) -> ValidationDone | None:
-        if not seeds:
+        if not seeds or not group.is_main:
             return None
         live.ref = ref
         paths = render(live, dream_recipe, seeds, run_dir / "validation", step)
         grid = write_grid(run_dir / "validation", seeds, recipe)
         return ValidationDone(step, total, tuple(paths), grid)
 
+    def save(step: int) -> Path:
+        """The main process writes the checkpoint; everyone returns once it is complete."""
+        path = ckpt.step_dir(run_dir, step)
+        if group.is_main:
+            path = ckpt.save_checkpoint(run_dir, step, tr, meta, optimizer, scaler)
+            ckpt.prune(run_dir, s.checkpoints_total_limit, s.keep_resume_state)
+        group.barrier()
+        return path
+
     if start == 0:
         done = validate(0, base_ref)
+        group.barrier()  # the others wait while the main process renders
         if done is not None:
             yield done
     step_times: list[float] = []
@@ -358,7 +414,7 @@ def train(
     step = start
     stopped = False
     while step < total:
-        if cancel is not None and cancel.cancelled:
+        if group.any(cancel is not None and cancel.cancelled):
             stopped = True
             break
         t0 = time.perf_counter()
@@ -371,6 +427,7 @@ def train(
             scaler.scale(loss / accum).backward()
             losses.append(loss.detach())
         params = tr.optimizer_params()
+        group.sum_grads(params)  # N processes: the global batch's gradient, identical on every rank
         if scaler.is_enabled():
             scaler.unscale_(optimizer)
         if s.max_grad_norm > 0:
@@ -382,16 +439,17 @@ def train(
         tr.zero_grad(optimizer)
         tr.after_step()
         step += 1
-        loss_value = float(torch.stack(losses).mean())
+        loss_value = float(group.sum(torch.stack(losses).mean()))
         if not math.isfinite(loss_value):
             raise TrainError(f"The loss became {loss_value} at step {step}; the run diverged: lower the learning "
                              "rate or resume from an earlier checkpoint.")
         row = {"step": step, "loss": loss_value, "lr": lr}
         if skipped:
             row["skipped"] = True  # fp16 overflow: the scaler skipped this update and lowered its scale
-        log.append(**row)
+        if group.is_main:
+            log.append(**row)
         step_times.append(time.perf_counter() - t0)
-        stop_now = cancel is not None and cancel.cancelled
+        stop_now = group.any(cancel is not None and cancel.cancelled)
         due = step % s.checkpointing_steps == 0 or step == total or stop_now
         mean_step = sum(step_times) / len(step_times)
         per_ckpt = (sum(extra_times) / len(extra_times)) if extra_times else 0.0
@@ -401,26 +459,29 @@ def train(
         yield StepDone(step, total, loss_value, lr, sum(step_times), eta)
         if due:
             t1 = time.perf_counter()
-            path = ckpt.save_checkpoint(run_dir, step, tr, meta, optimizer, scaler)
+            if group.is_main:
+                plot(log.rows(), files["plot"])
+            path = save(step)
             last_saved = step
-            ckpt.prune(run_dir, s.checkpoints_total_limit, s.keep_resume_state)
-            plot(log.rows(), files["plot"])
             yield CheckpointSaved(step, total, path)
             if stop_now:
                 stopped = True
                 break
-            ref = ModelRef(source=str(path.resolve()), kind="checkpoint",
-                           sha256=ckpt.checkpoint_sha256(path, base_ref.sha256),
-                           label=f"{name} step {step}", checkpoint_step=step)
-            done = validate(step, ref)
+            done = None
+            if group.is_main:
+                ref = ModelRef(source=str(path.resolve()), kind="checkpoint",
+                               sha256=ckpt.checkpoint_sha256(path, base_ref.sha256),
+                               label=f"{name} step {step}", checkpoint_step=step)
+                done = validate(step, ref)
+            group.barrier()
             extra_times.append(time.perf_counter() - t1)
             if done is not None:
                 yield done
     if stopped and last_saved != step:  # stop requested before the loop body ran
-        path = ckpt.save_checkpoint(run_dir, step, tr, meta, optimizer, scaler)
-        ckpt.prune(run_dir, s.checkpoints_total_limit, s.keep_resume_state)
-        yield CheckpointSaved(step, total, path)
+        yield CheckpointSaved(step, total, save(step))
+    if group.is_main:
+        plot(log.rows(), files["plot"])
+    group.barrier()  # every file is in place before any process reports the end
     last = ckpt.list_checkpoints(run_dir)
-    plot(log.rows(), files["plot"])
     yield Finished(step, total, run_dir.resolve(), last[-1][1] if last else None, stopped,
                    {k: v for k, v in files.items() if v.exists()})
