@@ -11,48 +11,69 @@ Modules, one concern each:
 - ``stage1``: the denoise encoder, the stage-1 latent and its reference image;
 - ``colourfix``: wavelet / AdaIN colour correction;
 - ``tiled_sampler``, ``tiled_vae``: the memory-bounded variants;
-- ``restore``: one restoration from upscaled picture to colour-fixed result.
+- ``restore``: one restoration from upscaled picture to colour-fixed result;
+- ``resize``, ``sources``, ``backbone``, ``models``, ``tiny``: the input as SUPIR's demo prepares it,
+  where the weights come from, and the offline demo model;
+- ``pipeline``: ``enlarge()``, the whole job with locks, progress, cancel and the PNG recipe;
+  ``cli``: ``python -m dreamy enlarge``.
+
+Names are imported on first use, so ``python -m dreamy --help`` does not load torch and diffusers.
 """
 
 from __future__ import annotations
 
-from .colourfix import colour_fix
-from .conditioning import SUPIR_TIME_IDS, TextConditioning, added_vector, encode_text
-from .connectors import Connectors, ZeroCrossAttn, ZeroSFT
-from .control import GLVControl
-from .epsilon import SupirEpsilon
-from .model import SupirModules, assemble_supir, load_supir
-from .restore import RestoreSettings, SamplingTiles, restore
-from .sampler import SamplerSettings, restore_sample
-from .stage1 import DenoiseEncoder, decode_latent, run_stage1
-from .tiled_sampler import restore_sample_tiled
-from .tiled_vae import VaeTiling, tiled_forward
-from .unet import SupirUNet
+import importlib
+import sys
+import types
+from typing import Any
 
-__all__ = [
-    "SUPIR_TIME_IDS",
-    "Connectors",
-    "DenoiseEncoder",
-    "GLVControl",
-    "RestoreSettings",
-    "SamplerSettings",
-    "SamplingTiles",
-    "SupirEpsilon",
-    "SupirModules",
-    "SupirUNet",
-    "TextConditioning",
-    "VaeTiling",
-    "ZeroCrossAttn",
-    "ZeroSFT",
-    "added_vector",
-    "assemble_supir",
-    "colour_fix",
-    "decode_latent",
-    "encode_text",
-    "load_supir",
-    "restore",
-    "restore_sample",
-    "restore_sample_tiled",
-    "run_stage1",
-    "tiled_forward",
-]
+_NAMES = {
+    "colour_fix": "colourfix",
+    "SUPIR_TIME_IDS": "conditioning",
+    "TextConditioning": "conditioning",
+    "added_vector": "conditioning",
+    "encode_text": "conditioning",
+    "Connectors": "connectors",
+    "ZeroCrossAttn": "connectors",
+    "ZeroSFT": "connectors",
+    "GLVControl": "control",
+    "SupirEpsilon": "epsilon",
+    "SupirModules": "model",
+    "assemble_supir": "model",
+    "load_supir": "model",
+    "RestoreSettings": "restore",
+    "SamplingTiles": "restore",
+    "restore": "restore",
+    "SamplerSettings": "sampler",
+    "restore_sample": "sampler",
+    "DenoiseEncoder": "stage1",
+    "decode_latent": "stage1",
+    "run_stage1": "stage1",
+    "restore_sample_tiled": "tiled_sampler",
+    "VaeTiling": "tiled_vae",
+    "tiled_forward": "tiled_vae",
+    "SupirUNet": "unet",
+    "EnlargeModels": "models",
+    "load_enlarge_models": "models",
+    "EnlargeResult": "pipeline",
+    "enlarge": "pipeline",
+}
+__all__ = sorted(_NAMES)
+
+
+class _Package(types.ModuleType):
+    """Keeps ``restore`` the function, as the eager imports did, when its submodule loads and binds its name."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, types.ModuleType) and _NAMES.get(name) == name:
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _NAMES:
+        raise AttributeError(f"module 'dreamy.enlarge' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_NAMES[name]}", __name__), name)
