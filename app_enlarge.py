@@ -63,6 +63,8 @@ def build(studio: Studio) -> EnlargeTab:
                              sources=["upload", "clipboard"], height=300)
             preset = gr.Dropdown(list_presets(), value="biased-dreams", label="Preset")
             description = gr.Markdown(preset_description("biased-dreams"), elem_classes="dreamy-note")
+            gr.Markdown("SUPIR's weights (v0Q, v0F) are licensed for **non-commercial use only**.",
+                        elem_classes="dreamy-note")
             unlock = gr.Checkbox(False, label="Unlock the preset's locked SUPIR settings (recorded in the PNG)")
             with gr.Group():
                 with gr.Row():
@@ -103,7 +105,9 @@ def build(studio: Studio) -> EnlargeTab:
             finally:
                 studio.finish(request, "enlarge", token)
                 release_if_empty(out)
-            return (image, str(result.path)), f"Enlarged · `{result.path.name}`", str(result.path)
+            # before = the input after SUPIR's own Lanczos upscale, so the slider compares like with like
+            notes = f" · {'; '.join(result.notes)}" if result.notes else ""
+            return (result.upscaled, str(result.path)), f"Enlarged · `{result.path.name}`{notes}", str(result.path)
 
     def stop_job(request: gr.Request) -> str:
         """Stop this session's enlargement at its next step."""

@@ -272,20 +272,25 @@ def test_out_of_memory_is_a_clear_message_and_the_next_job_runs(client, monkeypa
     assert len(gallery) == 1
 
 
-def test_enlarge_says_what_it_waits_for_instead_of_faking_a_result(client, tmp_path):
+def test_enlarge_through_the_api_with_locks(client, tmp_path):
+    """The Enlarge tab on the tiny SUPIR demo (no weights offline): the locked recipe, x4, recipe in the PNG."""
     from gradio_client import handle_file
     from gradio_client.exceptions import AppError
 
-    import app_enlarge
+    from dreamy.metadata import read_recipe
 
-    if app_enlarge.engine()[0] is not None:
-        pytest.skip("the Enlarge engine is present; its own tests cover it")
     p = tmp_path / "in.png"
-    Image.new("RGB", (64, 64)).save(p)
-    with pytest.raises(AppError, match="not available in this build yet"):
-        client.predict(handle_file(str(p)), "biased-dreams", False, "SUPIR-v0Q", 4.0, 30, 3.0, 4.0, 0.9, -1.0, 5.0,
-                       1.003, "wavelet", "sharp textures, fine grain, rich color depth",
-                       "blurry, low quality, jpeg artifacts", api_name="/enlarge")
+    Image.new("RGB", (64, 64), (120, 60, 30)).save(p)
+    args = ["SUPIR-v0Q", 4.0, 30, 3.0, 4.0, 0.9, -1.0, 5.0, 1.003, "wavelet",
+            "sharp textures, fine grain, rich color depth", "blurry, low quality, jpeg artifacts"]
+    slider, status, download = client.predict(handle_file(str(p)), "biased-dreams", False, *args, api_name="/enlarge")
+    with Image.open(download) as im:
+        assert im.size == (256, 256)
+    r = read_recipe(download)
+    assert r.job == "enlarge" and r.settings.steps == 30 and r.unlocked == {}
+    args[2] = 10  # fewer steps: a locked field
+    with pytest.raises(AppError, match="'steps' is locked"):
+        client.predict(handle_file(str(p)), "biased-dreams", False, *args, api_name="/enlarge")
 
 
 def test_particles_gif_loops_the_picture(client, tmp_path):
