@@ -8,6 +8,7 @@ import logging
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 from .errors import Cancelled, DreamyError
 
@@ -22,6 +23,20 @@ _DREAM_FLAGS = {
     "sampler": str,
     "precision": str,
 }
+
+
+def parse_setting(text: str) -> tuple[str, Any]:
+    """``--set name=value`` with a TOML value (``lora_rank=8``, ``s_cfg=4.0``); a bare word is a string."""
+    from .presets import tomllib
+
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"--set needs name=value, got {text!r}")
+    try:
+        parsed = tomllib.loads(f"v = {value.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        parsed = value.strip()
+    return name.strip().replace("-", "_"), parsed
 
 
 def _unlock_arg(value: str | None):

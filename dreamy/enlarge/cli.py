@@ -8,22 +8,10 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ..cli import parse_setting
+
 # CLI flag -> enlarge setting
 _FLAGS = {"scale": "upscale", "steps": "steps", "color_fix": "color_fix", "precision": "precision"}
-
-
-def _setting(text: str) -> tuple[str, Any]:
-    """``name=value`` with a TOML value (``s_cfg=4.0``, ``positive_prompt="..."``); a bare word is a string."""
-    import tomllib
-
-    name, sep, value = text.partition("=")
-    if not sep or not name.strip():
-        raise argparse.ArgumentTypeError(f"--set needs name=value, got {text!r}")
-    try:
-        parsed = tomllib.loads(f"v = {value.strip()}")["v"]
-    except tomllib.TOMLDecodeError:
-        parsed = value.strip()
-    return name.strip().replace("-", "_"), parsed
 
 
 def add_parser(sub: Any) -> None:
@@ -41,7 +29,7 @@ def add_parser(sub: Any) -> None:
     e.add_argument("--steps", type=int, default=None)
     e.add_argument("--color-fix", choices=("wavelet", "adain", "none"), default=None)
     e.add_argument("--precision", choices=("fp16", "bf16", "fp32"), default=None, help="diffusion dtype on CUDA")
-    e.add_argument("--set", dest="extra", action="append", type=_setting, default=[], metavar="NAME=VALUE",
+    e.add_argument("--set", dest="extra", action="append", type=parse_setting, default=[], metavar="NAME=VALUE",
                    help="any other enlarge setting, e.g. --set s_cfg=4.0 (repeatable)")
     e.add_argument("--unlock", nargs="?", const="all", default=None,
                    help="allow changing locked settings: all of them, or a comma list (e.g. upscale,steps)")

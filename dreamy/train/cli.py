@@ -10,6 +10,8 @@ import argparse
 import sys
 from typing import Any
 
+from ..cli import parse_setting
+
 # CLI flag -> train setting, with the type argparse parses it as
 _FLAGS: dict[str, tuple[str, type]] = {
     "steps": ("max_train_steps", int),
@@ -27,20 +29,6 @@ _FLAGS: dict[str, tuple[str, type]] = {
     "keep": ("checkpoints_total_limit", int),
     "validation_seeds": ("validation_seeds", str),
 }
-
-
-def _setting(text: str) -> tuple[str, Any]:
-    """``name=value`` with a TOML value (``lora_rank=8``, ``crop="random"``, ``lora_text_encoder=true``)."""
-    import tomllib
-
-    name, sep, value = text.partition("=")
-    if not sep or not name.strip():
-        raise argparse.ArgumentTypeError(f"--set needs name=value, got {text!r}")
-    try:
-        parsed = tomllib.loads(f"v = {value.strip()}")["v"]
-    except tomllib.TOMLDecodeError:
-        parsed = value.strip()  # a bare word is a string
-    return name.strip().replace("-", "_"), parsed
 
 
 def add_parser(sub: Any) -> None:
@@ -66,7 +54,7 @@ def add_parser(sub: Any) -> None:
     t.add_argument("--seed", type=int, default=None)
     t.add_argument("--keep", type=int, default=None, help="keep only the N newest checkpoints")
     t.add_argument("--validation-seeds", default=None, help="seeds rendered at each checkpoint ('' for none)")
-    t.add_argument("--set", dest="extra", action="append", type=_setting, default=[], metavar="NAME=VALUE",
+    t.add_argument("--set", dest="extra", action="append", type=parse_setting, default=[], metavar="NAME=VALUE",
                    help="any other train setting, e.g. --set lora_rank=8 (repeatable)")
     t.add_argument("--unlock", nargs="?", const="all", default=None,
                    help="allow changing locked settings: all of them, or a comma list (e.g. max_train_steps)")
