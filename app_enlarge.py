@@ -78,7 +78,7 @@ def build(studio: Studio) -> EnlargeTab:
                 stop = gr.Button("Stop", variant="stop")
         with gr.Column(scale=3, min_width=420):
             slider = gr.ImageSlider(label="Before / after", type="filepath", format="png", height=520)
-            status = gr.Markdown()
+            status = gr.Markdown(elem_id="enlarge-status")
             download = gr.File(label="Enlarged PNG (recipe inside)", interactive=False, height=60)
 
     def enlarge(image: str | None, preset: str, unlock: bool, supir_model: str, upscale: float, steps: float,
