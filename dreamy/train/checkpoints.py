@@ -153,7 +153,7 @@ def save_checkpoint(
         meta = {**meta, "format": FORMAT, "step": step, "parts": sorted(parts), "tokens": trainables.tokens}
         (tmp / CHECKPOINT_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True), encoding="utf-8")
         os.chmod(tmp, 0o755)
-        _replace_dir(tmp, final)
+        replace_dir(tmp, final)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(e, OSError):  # disk full, read-only: say so; the previous checkpoints are untouched
@@ -162,14 +162,16 @@ def save_checkpoint(
     return final
 
 
-def _replace_dir(src: Path, dst: Path) -> None:
-    if dst.exists():  # re-saving a step (after a resume): swap, then remove the old copy
+def replace_dir(src: Path, dst: Path) -> Path:
+    """Put the complete folder ``src`` at ``dst``; an existing ``dst`` is swapped out, then removed."""
+    if dst.exists():  # re-saving a step (after a resume) or re-exporting: swap, then remove the old copy
         trash = dst.with_name(f".trash-{dst.name}-{os.getpid()}")
         os.rename(dst, trash)
         os.rename(src, dst)
         shutil.rmtree(trash, ignore_errors=True)
     else:
         os.rename(src, dst)
+    return dst
 
 
 def remove_leftovers(run_dir: Path) -> list[Path]:
@@ -178,9 +180,9 @@ def remove_leftovers(run_dir: Path) -> list[Path]:
     Only called before a run (re)starts, when no writer can be busy with them.
     """
     root = run_dir / "checkpoints"
-    stale = [p for p in root.glob(".tmp-*")] + [p for p in root.glob(".trash-*")] if root.is_dir() else []
-    for d in root.glob("step-*/.trash-*") if root.is_dir() else []:
-        stale.append(d)
+    if not root.is_dir():
+        return []
+    stale = [*root.glob(".tmp-*"), *root.glob(".trash-*"), *root.glob("step-*/.trash-*")]
     for p in stale:
         shutil.rmtree(p, ignore_errors=True)
     return stale

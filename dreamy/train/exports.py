@@ -20,7 +20,14 @@ import torch
 
 from ..errors import DreamyError
 from ..single_file import CONFIGS, save_single_file
-from .checkpoints import _PART_FILES, CHECKPOINT_FILE, list_checkpoints, load_checkpoint_model, read_meta
+from .checkpoints import (
+    _PART_FILES,
+    CHECKPOINT_FILE,
+    list_checkpoints,
+    load_checkpoint_model,
+    read_meta,
+    replace_dir,
+)
 
 FORMATS = ("diffusers", "single-file", "lora", "card")
 SD15_LICENSE = "creativeml-openrail-m"
@@ -48,17 +55,6 @@ def _atomic_dir(final: Path):
     return Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
 
 
-def _place(tmp: Path, final: Path) -> Path:
-    if final.exists():
-        old = final.with_name(f".old-{final.name}-{os.getpid()}")
-        os.rename(final, old)
-        os.rename(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(tmp, final)
-    return final
-
-
 def export_diffusers(model: Any, out: Path, dtype: torch.dtype = torch.float16) -> Path:
     """A folder stock ``StableDiffusionPipeline.from_pretrained`` loads (no safety checker)."""
     from diffusers import PNDMScheduler, StableDiffusionPipeline
@@ -71,7 +67,7 @@ def export_diffusers(model: Any, out: Path, dtype: torch.dtype = torch.float16) 
     tmp = _atomic_dir(out)
     try:
         pipe.save_pretrained(tmp, safe_serialization=True)
-        return _place(tmp, out)
+        return replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
