@@ -15,7 +15,7 @@ from typing import Any
 logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
 _NAMES = {
-    "train": "loop", "TrainError": "loop",
+    "train": "loop", "TrainError": "runs",
     "export": "exports",
     "TrainEvent": "events", "Started": "events", "Notice": "events", "StepDone": "events",
     "CheckpointSaved": "events", "ValidationDone": "events", "Finished": "events",

@@ -115,8 +115,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ..errors import DreamyError
     from ..sources import default_model
     from . import Finished, train
-    from .loop import run_dir_for
     from .parallel import is_main_process
+    from .runs import run_dir_for
 
     if args.export_only is not None:
         run_dir = run_dir_for(args.name, args.models_dir)

@@ -16,11 +16,10 @@ import math
 import os
 import re
 import shutil
-import tempfile
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,7 @@ import torch.nn.functional as F
 from ..devices import pick_device
 from ..events import CancelToken
 from ..presets import Preset, load_preset
-from ..recipe import ModelRef, Recipe, resolve
+from ..recipe import ModelRef, resolve
 from ..seeds import parse_seeds
 from ..settings import TrainSettings
 from ..single_file import CONFIGS
@@ -40,20 +39,11 @@ from .data import TrainingSet, batch_indices, generator, prepare_images, random_
 from .events import CheckpointSaved, Finished, Notice, Started, StepDone, TrainEvent, ValidationDone
 from .logbook import LOG_NAME, PLOT_NAME, LossLog, plot
 from .modes import Trainables, setup_mode
-from .optim import TrainSetupError, apply_lr, make_optimizer
+from .optim import apply_lr, make_optimizer
 from .parallel import Group, join
 from .prior import class_folder, generate_class_images, load_class_images, missing_class_images
+from .runs import TrainError, base_record, check_resumable, run_dir_for, write_run_record
 from .validation import GRID_NAME, render, write_grid
-
-MODELS = Path(os.environ.get("DREAMY_MODELS") or Path(__file__).resolve().parents[2] / "models")
-_RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
-# Settings a resumed run may change: they decide when to save and what to render, not what is learned.
-RESUMABLE_CHANGES = {"max_train_steps", "checkpointing_steps", "checkpoints_total_limit", "keep_resume_state",
-                     "validation_seeds"}
-
-
-class TrainError(TrainSetupError):
-    """A run cannot start or continue (name taken, nothing to resume, diverged)."""
 
 
 @dataclass
@@ -64,13 +54,6 @@ class _Batchable:
     ids: torch.Tensor  # [n, 77]
     mean: torch.Tensor | None = None
     std: torch.Tensor | None = None
-
-
-def run_dir_for(name: str, models_dir: str | os.PathLike | None = None) -> Path:
-    if not isinstance(name, str) or not _RUN_NAME.fullmatch(name):
-        raise TrainError(f"'{name}' is not a usable run name: use letters, digits, '.', '_' or '-' "
-                         "(up to 100, not starting with a dot).")
-    return Path(models_dir or MODELS) / name
 
 
 def _compute_dtype(s: TrainSettings, device: torch.device) -> torch.dtype:
@@ -84,42 +67,6 @@ def _noise_scheduler():
 
     config = json.loads((CONFIGS / "sd15" / "scheduler" / "scheduler_config.json").read_text())
     return DDPMScheduler.from_config(config)
-
-
-def _write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, sort_keys=True, default=str)
-    os.replace(tmp, path)
-
-
-def _base_record(ref: ModelRef) -> dict[str, Any]:
-    rec = asdict(ref)
-    if ref.kind in ("folder", "file", "checkpoint"):  # so checkpoints find their base from anywhere
-        rec["source"] = str(Path(ref.source).expanduser().resolve())
-    return rec
-
-
-def _check_resumable(run_dir: Path, recipe: Recipe, base: ModelRef, processes: int = 1) -> None:
-    try:
-        saved = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        raise TrainError(f"'{run_dir}' has no readable run.json; it cannot be resumed.") from None
-    if saved.get("processes", 1) != processes:  # the global batch (and so the data order) depends on it
-        n = saved.get("processes", 1)
-        raise TrainError(f"Run '{run_dir.name}' was trained by {n} process(es) (a global batch of "
-                         f"train_batch_size x {n}); resume it with {n} "
-                         f"({'accelerate launch --num_processes ' + str(n) if n > 1 else 'no accelerate launch'}).")
-    if saved["base"]["sha256"] != base.sha256:
-        raise TrainError(f"Run '{run_dir.name}' was trained on another base model ({saved['base']['source']}); "
-                         "resume it with that base.")
-    old = saved["recipe"]["settings"]
-    new = asdict(recipe.settings)
-    changed = sorted(k for k in new if k not in RESUMABLE_CHANGES and old.get(k) != new[k])
-    if changed:
-        raise TrainError(f"Run '{run_dir.name}' cannot resume with a different '{changed[0]}' "
-                         f"({old.get(changed[0])!r} -> {new[changed[0]]!r}); only {', '.join(sorted(RESUMABLE_CHANGES))} may change.")
 
 
 def _tokenize(tokenizer: Any, captions: Sequence[str]) -> torch.Tensor:
@@ -304,7 +251,7 @@ def train(
     model = load_model(base, device=dev, precision="fp32")  # fp32: the trained tensors are the masters
     base_ref = model.ref
     if resume_from is not None:
-        _check_resumable(run_dir, recipe, base_ref, group.size)
+        check_resumable(run_dir, recipe, base_ref, group.size)
     recipe = recipe.replace(model=base_ref)
     if dtype != torch.float32:
         model.vae.to(dtype)  # frozen: compute precision is enough
@@ -354,7 +301,7 @@ def train(
 
     start = 0
     log = LossLog(run_dir / "logs" / LOG_NAME)
-    meta = {"run": name, "mode": s.mode, "base": _base_record(base_ref), "trigger_word": s.trigger_word,
+    meta = {"run": name, "mode": s.mode, "base": base_record(base_ref), "trigger_word": s.trigger_word,
             "lora_rank": s.lora_rank, "lora_alpha": s.lora_alpha, "recipe": recipe.to_dict()}
     if group.size > 1:
         meta["processes"] = group.size
@@ -370,11 +317,11 @@ def train(
         if run_dir.exists():  # a run that never reached a checkpoint: start it over
             for sub in ("validation", "logs"):
                 shutil.rmtree(run_dir / sub, ignore_errors=True)
-        record = {"format": 1, "name": name, "base": _base_record(base_ref), "recipe": recipe.to_dict(),
+        record = {"format": 1, "name": name, "base": base_record(base_ref), "recipe": recipe.to_dict(),
                   "images": data.report}
         if group.size > 1:
             record["processes"] = group.size
-        _write_json(run_dir / "run.json", record)
+        write_run_record(run_dir, record)
     group.barrier()  # the run folder is set up before anyone trains
     total = s.max_train_steps
     if start >= total:
