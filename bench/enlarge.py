@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import statistics
 import sys
 import tempfile
@@ -34,7 +35,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bench.common import CONFIGS, emit, gpu_probe, versions
+from bench.common import CONFIGS, compare, emit, gpu_probe, versions
 
 TARGET_S, TARGET_GB = 10.0, 16.0  # issue 4: per image on an H100, peak VRAM of the tiled run
 
@@ -97,25 +98,27 @@ class _Clock:
         self.cuda, self.marks = cuda, {}
 
     def __call__(self, event) -> None:
-        if self.cuda:
-            torch.cuda.synchronize()
-        now = time.perf_counter()
         msg = event.message
-        key = next((k for k, prefix in (("stage1", "stage 1"), ("sampling", "sampling"), ("decode", "decoding"))
-                    if msg.startswith(prefix)), None)
-        if key and key not in self.marks:
-            self.marks[key] = now
+        key = next((k for k, prefix in (("stage1", "stage 1"), ("sampling", "sampling"), ("decode", "decoding"),
+                                        ("fix", "colour fix"), ("save", "saving")) if msg.startswith(prefix)), None)
+        if key and key not in self.marks:  # only at phase changes: a sync per step would slow the arm
+            if self.cuda:
+                torch.cuda.synchronize()
+            self.marks[key] = time.perf_counter()
 
     def phases(self, start: float, end: float) -> dict:
         m = self.marks
         try:
-            return {"prepare_s": m["stage1"] - start, "stage1_s": m["sampling"] - m["stage1"],
-                    "sampling_s": m["decode"] - m["sampling"], "decode_fix_png_s": end - m["decode"]}
+            out = {"prepare_s": m["stage1"] - start, "stage1_s": m["sampling"] - m["stage1"],
+                   "sampling_s": m["decode"] - m["sampling"], "decode_fix_png_s": end - m["decode"]}
+            if "fix" in m and "save" in m:
+                out |= {"decode_s": m["fix"] - m["decode"], "fix_s": m["save"] - m["fix"], "png_s": end - m["save"]}
+            return out
         except KeyError:
             return {}
 
 
-def run_arm(models, picture: Path, out: Path, tiled: bool, repeats: int, enlarge_kwargs: dict) -> dict:
+def run_arm(models, picture: Path, out: Path, tiled: bool | None, repeats: int, enlarge_kwargs: dict) -> dict:
     from dreamy.enlarge.pipeline import enlarge
 
     cuda = models.device.type == "cuda"
@@ -138,10 +141,11 @@ def run_arm(models, picture: Path, out: Path, tiled: bool, repeats: int, enlarge
     arr = np.asarray(result.image)
     timed = runs[1:]
     arm = {"warmup": runs[0], "runs": timed, "s_per_image": statistics.median(r["s"] for r in timed),
-           "output_size": list(result.image.size), "output_std": float(arr.std()),
+           "output_size": list(result.image.size), "output_std": float(arr.std()), "image": arr,
            "runtime": {k: result.recipe.runtime.get(k) for k in ("tiled", "sampling_tiles", "vae_tiles", "dtype",
-                                                                   "vae_dtype")}}
-    for key in ("stage1_s", "sampling_s", "decode_fix_png_s", "peak_allocated_gb", "peak_reserved_gb"):
+                                                                   "vae_dtype", "attention")}}
+    for key in ("stage1_s", "sampling_s", "decode_fix_png_s", "decode_s", "fix_s", "png_s", "peak_allocated_gb",
+                "peak_reserved_gb"):
         values = [r[key] for r in timed if key in r]
         if values:
             arm[key] = max(values) if key.startswith("peak") else statistics.median(values)
@@ -224,7 +228,8 @@ def official_baseline(path: str, models, picture: Path, args, t0: float) -> dict
         except Exception as e:
             from dreamy.failures import free_memory, is_out_of_memory
 
-            arm = {"error": "out of memory" if is_out_of_memory(e) else f"{type(e).__name__}: {str(e)[:300]}"}
+            arm = {"error": "out of memory" if is_out_of_memory(e) else f"{type(e).__name__}: {str(e)[:300]}",
+                   "traceback": traceback.format_exc()[-2000:]}
             free_memory()
         out[name] = arm
     return out
@@ -234,8 +239,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=None)
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--per-batch", default="1,3,9", help="tiles per forward for the tiled arms (comma list)")
-    ap.add_argument("--arms", default="tiled,untiled")
+    ap.add_argument("--per-batch", default="3", help="tiles per forward for the tiled arms (comma list)")
+    ap.add_argument("--arms", default="auto,tiled,untiled,untiled-flash",
+                    help="comma list of auto, tiled, untiled, with -flash / -compile variants")
     ap.add_argument("--budget-s", type=float, default=540.0, help="skip arms that would end past this")
     ap.add_argument("--tiny", action="store_true", help="the demo models on the CPU: tests the harness, not speed")
     ap.add_argument("--official", default=None, metavar="PATH", help="a Fanghua-Yu/SUPIR checkout: time its sampler too")
@@ -277,25 +283,40 @@ def main(argv: list[str] | None = None) -> dict:
     base = np.stack([np.add.outer(ramp, ramp) / 2, np.add.outer(ramp, 255 - ramp) / 2, np.tile(ramp, (size, 1))], -1)
     Image.fromarray((base + rng.normal(0, 12, base.shape)).clip(0, 255).astype(np.uint8)).save(picture)
 
-    arms: list[tuple[str, bool, int | None]] = []
+    # (name, tiled, tiles per forward, options): "auto" is what enlarge() picks by itself on this GPU;
+    # "-flash" keeps PyTorch's default attention kernel (DREAMY_SDPA=default), "-compile" runs the
+    # UNet and GLVControl through torch.compile (its first run, the warm-up, includes the compile).
+    arms: list[tuple[str, bool | None, int | None, set[str]]] = []
     for name in args.arms.split(","):
-        if name == "tiled":
-            arms += [(f"tiled_b{k}", True, int(k)) for k in args.per_batch.split(",") if k]
-        elif name == "untiled":
-            arms.append(("untiled", False, None))
+        base, *opts = name.split("-")
+        if base == "tiled":
+            arms += [(f"tiled_b{k}" + "".join(f"-{o}" for o in opts), True, int(k), set(opts))
+                     for k in args.per_batch.split(",") if k]
+        elif base in ("untiled", "auto"):
+            arms.append((name, None if base == "auto" else False, None, set(opts)))
     longest = 0.0
-    for name, tiled, per_batch in arms:
+    images: dict[str, np.ndarray] = {}
+    for name, tiled, per_batch, opts in arms:
         left = args.budget_s - (time.perf_counter() - t0)
-        if left < longest * (args.repeats + 1) * 1.2:
+        need = longest * (args.repeats + 1) * 1.2 + (240 if "compile" in opts else 0)
+        if left < need:
             result["skipped"].append(f"{name} (budget: {left:.0f} s left)")
             continue
         arm_models = models
         if per_batch is not None:
             arm_models = dataclasses.replace(models, sampling_tiles=dataclasses.replace(models.sampling_tiles,
                                                                                       per_batch=per_batch))
+        if "compile" in opts:
+            supir = dataclasses.replace(models.supir, control=torch.compile(models.supir.control, dynamic=False),
+                                        unet=torch.compile(models.supir.unet, dynamic=False))
+            arm_models = dataclasses.replace(arm_models, supir=supir)
+        saved_env = os.environ.get("DREAMY_SDPA")
+        if "flash" in opts:
+            os.environ["DREAMY_SDPA"] = "default"
         try:
             arm = run_arm(arm_models, picture, work / name, tiled, args.repeats, {})
-            longest = max(longest, arm["warmup"]["s"], arm["s_per_image"])
+            longest = max(longest, arm["s_per_image"], 0 if "compile" in opts else arm["warmup"]["s"])
+            images[name] = arm.pop("image")
         except Exception as e:  # an arm that does not fit must not take the others down
             from dreamy.failures import free_memory, is_out_of_memory
 
@@ -305,7 +326,20 @@ def main(argv: list[str] | None = None) -> dict:
             else:
                 arm["traceback"] = traceback.format_exc()[-2000:]
             free_memory()
+        finally:
+            if saved_env is None:
+                os.environ.pop("DREAMY_SDPA", None)
+            else:
+                os.environ["DREAMY_SDPA"] = saved_env
         result["arms"][name] = arm
+        save()
+    # exactness between arms (same seeds): each against the first untiled arm, PyTorch's kernels first
+    reference = next((n for n in ("untiled-flash", "untiled") if n in images), None)
+    if reference:
+        result["exactness_vs"] = reference
+        for name, arr in images.items():
+            if name != reference and name in result["arms"]:
+                result["arms"][name]["vs_reference"] = compare(arr, images[reference])
         save()
     if args.official:
         try:
@@ -323,19 +357,25 @@ def main(argv: list[str] | None = None) -> dict:
 
 def markdown(r: dict) -> str:
     """The Enlarge table of docs/benchmarks.md from one result."""
-    rows = ["| arm | s / image (median) | stage 1 | sampling | decode + fix + PNG | peak VRAM allocated / reserved |",
-            "|---|---|---|---|---|---|"]
+    ref = r.get("exactness_vs", "—")
+    rows = ["| arm | tiled | attention | s / image (median) | first run | stage 1 | sampling | decode + fix + PNG | "
+            f"peak VRAM allocated / reserved | vs `{ref}` (max Δ, PSNR) |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
 
     def f(x, spec=".2f"):
         return "—" if x is None else format(x, spec)
 
     for name, arm in (r.get("arms") or {}).items():
         if "error" in arm:
-            rows.append(f"| {name} | {'out of memory' if arm.get('out_of_memory') else arm['error'][:60]} | | | | |")
+            rows.append(f"| {name} | {'out of memory' if arm.get('out_of_memory') else arm['error'][:60]} |"
+                        + " |" * 8)
             continue
-        rows.append(f"| {name} | {f(arm['s_per_image'])} | {f(arm.get('stage1_s'))} | {f(arm.get('sampling_s'))} | "
+        rt, vs = arm.get("runtime") or {}, arm.get("vs_reference")
+        exact = "—" if not vs else ("identical" if vs["identical"] else f"{vs['max_abs']:.0f}/255, {vs['psnr_db']:.1f} dB")
+        rows.append(f"| {name} | {rt.get('tiled')} | {rt.get('attention')} | {f(arm['s_per_image'])} | "
+                    f"{f(arm['warmup']['s'])} | {f(arm.get('stage1_s'))} | {f(arm.get('sampling_s'))} | "
                     f"{f(arm.get('decode_fix_png_s'))} | {f(arm.get('peak_allocated_gb'))} / "
-                    f"{f(arm.get('peak_reserved_gb'))} GB |")
+                    f"{f(arm.get('peak_reserved_gb'))} GB | {exact} |")
     official = r.get("official")
     if isinstance(official, dict) and any(isinstance(v, dict) and "ours" in v for v in official.values()):
         rows += ["", "| sampling only | ours s | official s | × official | peak GB ours / official | rel. L2 |",

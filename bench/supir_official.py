@@ -118,7 +118,7 @@ def official_sample(ns: types.SimpleNamespace, modules: tuple[Any, Any], cond: A
         num_idx=1000, discretization_config=_DISCRETIZATION,
         weighting_config={"target": "sgm.modules.diffusionmodules.denoiser_weighting.EpsWeighting"},
         scaling_config={"target": "sgm.modules.diffusionmodules.denoiser_scaling.EpsScaling"},
-    )
+    ).to(device)  # its σ table is a buffer: the official model moves it with the rest
     start = settings.cfg_scale_start if settings.linear_cfg else settings.cfg_scale
     kwargs = dict(num_steps=settings.steps, discretization_config=_DISCRETIZATION, s_churn=settings.churn,
                   s_noise=settings.noise_scale, restore_cfg=settings.restoration_scale, device=device.type,

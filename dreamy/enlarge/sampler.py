@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+import numpy as np
 import torch
 
 from .schedule import SIGMA_MAX, linear_cfg_scale, quantize_sigma, sampling_sigmas
@@ -67,8 +68,14 @@ class GuidedEpsilon(Protocol):
 
 
 def draw_noise(like: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Standard normal noise shaped like ``like``, drawn on the generator's device."""
+    """Standard normal noise shaped like ``like``, drawn on the generator's device.
+
+    A CPU draw goes to a GPU through pinned memory without blocking: a plain copy would wait for
+    all queued GPU work, and the GPU would then idle while the next step is launched.
+    """
     noise = torch.randn(like.shape, generator=generator, device=generator.device, dtype=torch.float32)
+    if noise.device.type == "cpu" and like.device.type == "cuda":
+        return noise.pin_memory().to(like.device, non_blocking=True)
     return noise.to(like.device)
 
 
@@ -81,13 +88,20 @@ def restore_step(
     hint: torch.Tensor,
     noise: torch.Tensor | None,
     x_center: torch.Tensor | None,
+    host_sigmas: tuple[float, float] | None = None,
 ) -> torch.Tensor:
-    """One churn + guided Euler step for a batch ``x`` (images or tiles); sigmas have shape (batch,)."""
+    """One churn + guided Euler step for a batch ``x`` (images or tiles); sigmas have shape (batch,).
+
+    ``host_sigmas`` (this step's sigma and the next as Python floats, the same float32 values) lets
+    the step decide the control scale and restoration guidance without reading the GPU back.
+    """
+    if host_sigmas is None:
+        host_sigmas = (sigma[0].item(), next_sigma[0].item())
     gamma = settings.gamma
     sigma_hat = sigma * (gamma + 1.0)
     if gamma > 0:
         x = x + (noise * settings.noise_scale) * _dims(sigma_hat**2 - sigma**2) ** 0.5
-    control_scale = settings.control_scale_at(sigma[0].item())
+    control_scale = settings.control_scale_at(host_sigmas[0])
 
     timestep, sigma_q = quantize_sigma(sigma_hat)
     c_in = 1 / (_dims(sigma_q) ** 2 + 1.0) ** 0.5
@@ -96,7 +110,8 @@ def restore_step(
     d_cond = eps_cond * -_dims(sigma_q) + x
     denoised = d_uncond + _dims(settings.cfg_at(sigma_hat)) * (d_cond - d_uncond)
 
-    if next_sigma[0] > settings.restoration_sigma_min and settings.restoration_scale > 0:
+    # compared in float32, as sgm compares its float32 sigma tensor with the Python threshold
+    if host_sigmas[1] > np.float32(settings.restoration_sigma_min) and settings.restoration_scale > 0:
         if x_center is None:
             raise ValueError("restoration guidance needs x_center (the stage-1 latent)")
         denoised = denoised - (denoised - x_center) * ((_dims(sigma) / SIGMA_MAX) ** settings.restoration_scale)
@@ -119,12 +134,14 @@ def restore_sample(
     ``on_step(done, total, x)`` runs after each step (progress, previews, cancellation by raising).
     """
     sigmas = sampling_sigmas(settings.steps, hint.device)
+    host = sampling_sigmas(settings.steps).tolist()
     x = draw_noise(hint, generator)
     x = x * torch.sqrt(1.0 + sigmas[0] ** 2.0)
     ones = x.new_ones([x.shape[0]])
     for i in range(settings.steps):
         noise = draw_noise(x, generator) if settings.gamma > 0 else None
-        x = restore_step(model, x, ones * sigmas[i], ones * sigmas[i + 1], settings, hint, noise, x_center)
+        x = restore_step(model, x, ones * sigmas[i], ones * sigmas[i + 1], settings, hint, noise, x_center,
+                         (host[i], host[i + 1]))
         if on_step is not None:
             on_step(i + 1, settings.steps, x)
     return x

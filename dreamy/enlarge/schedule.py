@@ -36,7 +36,13 @@ def _ddpm_sigmas() -> torch.Tensor:
 
 
 def ddpm_sigmas(device: torch.device | str = "cpu") -> torch.Tensor:
-    """Sigma of every DDPM timestep 0..999, ascending (float32)."""
+    """Sigma of every DDPM timestep 0..999, ascending (float32); one copy per device is kept, since a
+    copy to a GPU waits for it (a host sync on every sampler step otherwise)."""
+    return _ddpm_sigmas_on(str(torch.device(device)))
+
+
+@lru_cache(maxsize=8)
+def _ddpm_sigmas_on(device: str) -> torch.Tensor:
     return _ddpm_sigmas().to(device)
 
 

@@ -79,6 +79,7 @@ def restore_sample_tiled(
     th, tw = windows[0][1] - windows[0][0], windows[0][3] - windows[0][2]
     weights = gaussian_weights(th, tw).to(hint.device)
     sigmas = sampling_sigmas(settings.steps, hint.device)
+    host = sampling_sigmas(settings.steps).tolist()
     x = draw_noise(hint, generator)
     x = x * torch.sqrt(1.0 + sigmas[0] ** 2.0)
     for i in range(settings.steps):
@@ -97,6 +98,7 @@ def restore_sample_tiled(
                 _tiles(hint, group),
                 _tiles(noise, group),
                 None if x_center is None else _tiles(x_center, group),
+                (host[i], host[i + 1]),
             )
             for k, (top, bottom, left, right) in enumerate(group):
                 # float64 weights, accumulated into float32, exactly as the reference does it
