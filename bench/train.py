@@ -232,5 +232,17 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def markdown(r: dict) -> str:
+    """The Train table of docs/benchmarks.md from one result."""
+    rows = ["| loop | s / step (median) | × stock | peak VRAM | loss first → last (finite) |", "|---|---|---|---|---|"]
+    arms = ([("stock (train_dreambooth-equivalent)", r["stock"], 1.0)] if "stock" in r else []) + [
+        (f"Dreamy `{name}`", arm, (r.get("speedup_vs_stock") or {}).get(name)) for name, arm in r["ours"].items()]
+    for label, arm, ratio in arms:
+        rows.append(f"| {label} | {arm['s_per_step_median']:.3f} | {'—' if ratio is None else format(ratio, '.2f')} | "
+                    f"{arm['peak_vram_gb']:.2f} GB | {arm['first_loss']:.3f} → {arm['last_loss']:.3f} "
+                    f"{'✓' if arm['finite_loss'] else '✗'} |")
+    return "\n".join(rows)
+
+
 if __name__ == "__main__":
     main()

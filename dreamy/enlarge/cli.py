@@ -36,7 +36,8 @@ def add_parser(sub: Any) -> None:
     e.add_argument("--seed", type=int, default=0)
     tiling = e.add_mutually_exclusive_group()
     tiling.add_argument("--tiled", dest="tiled", action="store_true", default=None,
-                        help="tile sampling and the VAE (default: when the output is larger than 1024 px)")
+                        help="tile sampling and the VAE (default: only when the GPU lacks the memory "
+                             "for the whole latent, or past 2048 px)")
     tiling.add_argument("--untiled", dest="tiled", action="store_false", help="never tile (needs more memory)")
     e.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:1, mps")
     e.set_defaults(func=run)
