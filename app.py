@@ -27,8 +27,8 @@ import app_enlarge
 import app_particles
 import app_train
 from app_common import Studio
-from dreamy.paths import models_root, outputs_root
-from dreamy.sources import TINY_NAME, default_model
+from dreamy.layout import models_root, outputs_root
+from dreamy.models.sources import TINY_NAME, default_model
 
 CSS = """
 .dreamy-note { font-size: 0.9em; opacity: 0.85; }
@@ -161,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     shared = on_space or args.share or not is_loopback(host)
     model = args.model or default_model()
     if os.environ.get("SPACES_ZERO_GPU"):  # ZeroGPU wants weights loaded at start; @spaces.GPU only computes
-        from dreamy.sources import cached_model
+        from dreamy.models.sources import cached_model
 
         cached_model(model)
     studio = Studio(default_model=model, outputs=outputs_root(), models=models_root(), shared=shared,

@@ -19,12 +19,12 @@ from typing import Any
 
 import gradio as gr
 
-from dreamy.errors import DreamyError, LockedFieldError
+from dreamy.errors import DreamyError, LockedFieldError, user_error
 from dreamy.events import CancelToken
-from dreamy.failures import user_error
-from dreamy.paths import check_model_source, claim_run_dir
-from dreamy.presets import load_preset, preset_fields
-from dreamy.sources import DEFAULT_MODEL
+from dreamy.layout import claim_run_dir
+from dreamy.models.sources import DEFAULT_MODEL
+from dreamy.paths import check_model_source
+from dreamy.recipes.presets import load_preset, preset_fields
 
 log = logging.getLogger("dreamy.studio")
 

@@ -24,12 +24,13 @@ from app_common import (
 )
 from dreamy import catalog
 from dreamy.errors import Cancelled, DreamyError
-from dreamy.paths import release_if_empty, within
-from dreamy.presets import list_presets, load_preset
-from dreamy.recipe import resolve
-from dreamy.seeds import parse_seeds
-from dreamy.settings import DreamSettings
-from dreamy.sources import DEFAULT_MODEL
+from dreamy.layout import release_if_empty
+from dreamy.models.sources import DEFAULT_MODEL
+from dreamy.paths import within
+from dreamy.recipes.presets import list_presets, load_preset
+from dreamy.recipes.recipe import resolve
+from dreamy.recipes.seeds import parse_seeds
+from dreamy.recipes.settings import DreamSettings
 
 FIELDS = ["prompt", "negative_prompt", "guidance", "steps", "width", "height"]
 DREAM_JOBS = ("dream", "sweep", "grid", "recall")
@@ -163,9 +164,9 @@ def build(studio: Studio) -> DreamTab:
               negative_prompt: str, guidance: float, steps: float, width: float, height: float,
               request: gr.Request, progress=gr.Progress()):  # noqa: B008
         """Dream every seed with the preset (locked fields can only change with unlock=True); streams PNGs."""
-        from dreamy.contact_sheet import write_contact_sheet
-        from dreamy.dream import dream_iter
-        from dreamy.sources import cached_model
+        from dreamy.dreaming.contact_sheet import write_contact_sheet
+        from dreamy.dreaming.dreams import dream_iter
+        from dreamy.models.sources import cached_model
 
         with user_errors("dream"):
             values = (prompt, negative_prompt, guidance, steps, width, height)
@@ -204,8 +205,8 @@ def build(studio: Studio) -> DreamTab:
                      guidance: float, steps: float, width: float, height: float,
                      request: gr.Request, progress=gr.Progress()):  # noqa: B008
         """Dream each prompt variant (one per line; {prompt} = the preset's) × every seed; a labelled grid."""
-        from dreamy.prompt_sweep import expand_prompts, prompt_sweep_iter, write_prompt_grid
-        from dreamy.sources import cached_model
+        from dreamy.dreaming.prompt_sweeps import expand_prompts, prompt_sweep_iter, write_prompt_grid
+        from dreamy.models.sources import cached_model
 
         with user_errors("sweep"):
             p = load_preset(preset)
@@ -248,7 +249,7 @@ def build(studio: Studio) -> DreamTab:
                         negative_prompt: str, guidance: float, steps: float, width: float, height: float,
                         request: gr.Request, progress=gr.Progress()):  # noqa: B008
         """Dream the seeds on every checkpoint of a training run (checkpoints as rows): the "find the window" grid."""
-        from dreamy.sweep import sweep
+        from dreamy.dreaming.sweeps import sweep
 
         with user_errors("sweep"):
             if not run:
@@ -273,7 +274,7 @@ def build(studio: Studio) -> DreamTab:
 
     def read_recipe(png: str | None) -> str:
         """What a PNG says about how it was made (Dreamy recipe, or a foreign tool's parameters)."""
-        from dreamy.png_info import describe_png
+        from dreamy.png.info import describe_png
 
         if not png:
             return ""
@@ -282,9 +283,9 @@ def build(studio: Studio) -> DreamTab:
 
     def recall(png: str | None, progress=gr.Progress()):  # noqa: B008
         """Re-create a Dreamy PNG from its recipe (same model, seed and settings)."""
-        from dreamy.dream import recall as core_recall
-        from dreamy.metadata import read_recipe as core_read
-        from dreamy.sources import cached_model
+        from dreamy.dreaming.dreams import recall as core_recall
+        from dreamy.models.sources import cached_model
+        from dreamy.png.metadata import read_recipe as core_read
 
         with user_errors("recall"):
             if not png:
@@ -303,7 +304,7 @@ def build(studio: Studio) -> DreamTab:
             return str(r.path), f"Re-dreamed seed {r.seed} · `{_where(studio, out)}`"
 
     def use_settings(png: str | None, current_preset: str):
-        from dreamy.png_info import describe_png
+        from dreamy.png.info import describe_png
 
         with user_errors("recall"):
             if not png:
@@ -330,7 +331,7 @@ def build(studio: Studio) -> DreamTab:
         return paths[index]
 
     def add_to_set(paths: list[str], index: int | None, name: str) -> str:
-        from dreamy.curation import add_to_training_set
+        from dreamy.training.sets import add_to_training_set
 
         with user_errors("curation"):
             path = send(paths, index)

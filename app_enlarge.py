@@ -1,6 +1,6 @@
 """The Enlarge tab: a picture from Dream (or an upload), locked SUPIR settings, before/after slider.
 
-It calls ``dreamy.enlarge.enlarge(image, preset, overrides=, unlock=, out_dir=, on_progress=,
+It calls ``dreamy.enlarging.enlarge(image, preset, overrides=, unlock=, out_dir=, on_progress=,
 cancel=)`` -> a result with ``.path`` (the PNG, recipe inside). Until the engine provides that
 function, the tab says so and its button stays off: no output is ever faked.
 """
@@ -25,9 +25,9 @@ from app_common import (
     user_errors,
 )
 from dreamy.errors import Cancelled
-from dreamy.paths import release_if_empty
-from dreamy.presets import list_presets
-from dreamy.settings import EnlargeSettings
+from dreamy.layout import release_if_empty
+from dreamy.recipes.presets import list_presets
+from dreamy.recipes.settings import EnlargeSettings
 
 FIELDS = ["supir_model", "upscale", "steps", "s_cfg", "spt_linear_cfg", "control_scale", "s_stage1", "s_churn",
           "s_noise", "color_fix", "positive_prompt", "negative_prompt"]
@@ -43,12 +43,12 @@ class EnlargeTab:
 def engine() -> tuple[Any, str | None]:
     """(the engine's enlarge function, None) or (None, why the tab is off)."""
     try:
-        module = importlib.import_module("dreamy.enlarge")
+        module = importlib.import_module("dreamy.enlarging")
     except Exception as e:  # noqa: BLE001 - a broken engine must not take the whole studio down
         return None, f"The Enlarge engine failed to load ({type(e).__name__}: {e!s:.120})."
     fn = getattr(module, "enlarge", None)
     if fn is None:
-        return None, ("Enlarge is not available in this build yet: the SUPIR engine (`dreamy.enlarge`) does not "
+        return None, ("Enlarge is not available in this build yet: the SUPIR engine (`dreamy.enlarging`) does not "
                       "provide `enlarge()` so far. Dream and Train work; pictures sent here wait for it.")
     return fn, None
 

@@ -22,12 +22,17 @@ from app_common import (
     user_errors,
 )
 from dreamy import catalog
-from dreamy.curation import add_to_training_set, inspect_training_set, list_training_sets, training_set_dir
 from dreamy.errors import DreamyError
 from dreamy.paths import check_name, within
-from dreamy.presets import list_presets, load_preset
-from dreamy.recipe import resolve
-from dreamy.settings import DreamSettings, TrainSettings
+from dreamy.recipes.presets import list_presets, load_preset
+from dreamy.recipes.recipe import resolve
+from dreamy.recipes.settings import DreamSettings, TrainSettings
+from dreamy.training.sets import (
+    add_to_training_set,
+    inspect_training_set,
+    list_training_sets,
+    training_set_dir,
+)
 
 FIELDS = ["mode", "learning_rate", "max_train_steps", "checkpointing_steps", "resolution", "train_batch_size",
           "gradient_accumulation_steps", "instance_prompt", "class_prompt", "validation_seeds"]
@@ -140,7 +145,15 @@ def build(studio: Studio) -> TrainTab:
             validation: tuple, request: gr.Request | None, progress: gr.Progress):
         import pandas as pd
 
-        from dreamy.train import CheckpointSaved, Finished, Notice, Started, StepDone, ValidationDone, train
+        from dreamy.training import (
+            CheckpointSaved,
+            Finished,
+            Notice,
+            Started,
+            StepDone,
+            ValidationDone,
+            train,
+        )
 
         with user_errors("train"):
             if blocked:
@@ -215,7 +228,7 @@ def build(studio: Studio) -> TrainTab:
 
     def export_run(run_name: str, step: str | None, what: str):
         """Export a run's checkpoint (blank step: the newest): single file, diffusers folder, LoRA, model card."""
-        from dreamy.train import export
+        from dreamy.training import export
 
         with user_errors("export"):
             run = within(studio.models / check_name(run_name, "run name"), [studio.models], "run")
@@ -265,9 +278,9 @@ def build(studio: Studio) -> TrainTab:
 
 def _export_missing() -> str | None:
     try:
-        from dreamy.train import export  # noqa: F401
+        from dreamy.training import export  # noqa: F401
     except Exception:  # noqa: BLE001 - absent or broken: say so, keep the rest of the studio up
-        return "Export arrives with the Train engine's `dreamy.train.export()`; until then the checkpoints " \
+        return "Export arrives with the Train engine's `dreamy.training.export()`; until then the checkpoints " \
                "under models/<run>/checkpoints/ are the trained models (pick them in Dream)."
     return None
 

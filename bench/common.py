@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-CONFIGS = Path(__file__).resolve().parent.parent / "dreamy" / "configs"
+CONFIGS = Path(__file__).resolve().parent.parent / "dreamy" / "models" / "configs"
 
 
 def versions() -> dict:
@@ -31,7 +31,7 @@ def build_full_sd15(folder: Path, seed: int = 0) -> Path:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from dreamy.clip_vocab import write_byte_tokenizer
+    from dreamy.models.clip_vocab import write_byte_tokenizer
 
     src = CONFIGS / "sd15"
     torch.manual_seed(seed)

@@ -46,8 +46,8 @@ def ttfi(folder: str, level: str, batch: int) -> dict:
     """A studio start in this fresh process: imports, load, capture (+ compile), first image; then
     peak memory at batch 1 and over a sweep of two batches of ``batch`` (nothing else on the GPU)."""
     t0 = time.perf_counter()
-    from dreamy.dream import dream_iter
-    from dreamy.sources import load_model
+    from dreamy.dreaming.dreams import dream_iter
+    from dreamy.models.sources import load_model
 
     torch.cuda.init()
     t1 = time.perf_counter()
@@ -158,9 +158,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
-    from dreamy.dream import dream_iter, encode_prompt
-    from dreamy.presets import load_preset
-    from dreamy.sources import load_model
+    from dreamy.dreaming.blocks import encode_prompt
+    from dreamy.dreaming.dreams import dream_iter
+    from dreamy.models.sources import load_model
+    from dreamy.recipes.presets import load_preset
 
     B = args.batch
     levels = [v for v in args.levels.split(",") if v]
@@ -168,8 +169,8 @@ def main(argv: list[str] | None = None) -> dict:
                     "recipe": "biased-dreams: 512x512, 50 DDIM steps, guidance 3.0",
                     "command": "python -m bench.dream " + " ".join(argv if argv is not None else sys.argv[1:]),
                     "versions": versions(), "probes": {"start": gpu_probe()}, "skipped": [], "log": []}
-    logging.getLogger("dreamy.fast").setLevel(logging.DEBUG)
-    logging.getLogger("dreamy.fast").addHandler(_Records(result["log"]))
+    logging.getLogger("dreamy.dreaming.fast").setLevel(logging.DEBUG)
+    logging.getLogger("dreamy.dreaming.fast").addHandler(_Records(result["log"]))
 
     def save() -> None:
         emit(result, args.out, quiet=True)
@@ -311,7 +312,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     # ---- time to first image and clean peak memory, in fresh processes (compile reuses Inductor's disk cache);
     # this process lets go of its captures first, or at batch 32 it would hold most of the GPU
-    from dreamy.fast import drop_fast_state
+    from dreamy.dreaming.fast import drop_fast_state
 
     for m in models.values():
         drop_fast_state(m)

@@ -45,13 +45,13 @@ def build_full_models(device: torch.device, seed: int = 0):
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-    from dreamy.clip_vocab import write_byte_tokenizer
-    from dreamy.enlarge.connectors import Connectors
-    from dreamy.enlarge.control import GLVControl
-    from dreamy.enlarge.model import assemble_supir
-    from dreamy.enlarge.models import EnlargeModels, dtypes
-    from dreamy.enlarge.tiny import official_state_dict
-    from dreamy.recipe import ModelRef
+    from dreamy.enlarging.connectors import Connectors
+    from dreamy.enlarging.control import GLVControl
+    from dreamy.enlarging.model import assemble_supir
+    from dreamy.enlarging.models import EnlargeModels, dtypes
+    from dreamy.enlarging.tiny import official_state_dict
+    from dreamy.models.clip_vocab import write_byte_tokenizer
+    from dreamy.recipes.recipe import ModelRef
 
     dtype, vae_dtype = dtypes("fp16", device)
     src = CONFIGS / "sdxl"
@@ -119,7 +119,7 @@ class _Clock:
 
 
 def run_arm(models, picture: Path, out: Path, tiled: bool | None, repeats: int, enlarge_kwargs: dict) -> dict:
-    from dreamy.enlarge.pipeline import enlarge
+    from dreamy.enlarging.pipeline import enlarge
 
     cuda = models.device.type == "cuda"
     runs = []
@@ -167,13 +167,13 @@ def _timed(fn, cuda: bool) -> tuple[float, float | None, torch.Tensor]:
 def official_baseline(path: str, models, picture: Path, args, t0: float) -> dict:
     """Our sampling phase against the official sampler's, same weights, latent, prompts and noise."""
     from bench import supir_official
-    from dreamy.enlarge.epsilon import SupirEpsilon
-    from dreamy.enlarge.pipeline import sampler_settings
-    from dreamy.enlarge.resize import target_size, to_model_input, upscale
-    from dreamy.enlarge.sampler import restore_sample
-    from dreamy.enlarge.stage1 import run_stage1
-    from dreamy.enlarge.tiled_sampler import restore_sample_tiled
-    from dreamy.presets import load_preset
+    from dreamy.enlarging.epsilon import SupirEpsilon
+    from dreamy.enlarging.pipeline import sampler_settings
+    from dreamy.enlarging.resize import target_size, to_model_input, upscale
+    from dreamy.enlarging.sampler import restore_sample
+    from dreamy.enlarging.stage1 import run_stage1
+    from dreamy.enlarging.tiled_sampler import restore_sample_tiled
+    from dreamy.recipes.presets import load_preset
 
     ns = supir_official.import_official(path)
     official = supir_official.official_modules(ns, models.supir)
@@ -226,7 +226,7 @@ def official_baseline(path: str, models, picture: Path, args, t0: float) -> dict
                 arm["ours"]["tiles_per_forward"] = tiles.per_batch
                 arm["official"]["tiles_per_forward"] = 1
         except Exception as e:
-            from dreamy.failures import free_memory, is_out_of_memory
+            from dreamy.errors import free_memory, is_out_of_memory
 
             arm = {"error": "out of memory" if is_out_of_memory(e) else f"{type(e).__name__}: {str(e)[:300]}",
                    "traceback": traceback.format_exc()[-2000:]}
@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> dict:
     def save() -> None:
         emit(result, args.out, quiet=True)
 
-    from dreamy.enlarge.models import load_enlarge_models
+    from dreamy.enlarging.models import load_enlarge_models
 
     if args.tiny:
         models = load_enlarge_models("tiny", "tiny", device="cpu")
@@ -318,7 +318,7 @@ def main(argv: list[str] | None = None) -> dict:
             longest = max(longest, arm["s_per_image"], 0 if "compile" in opts else arm["warmup"]["s"])
             images[name] = arm.pop("image")
         except Exception as e:  # an arm that does not fit must not take the others down
-            from dreamy.failures import free_memory, is_out_of_memory
+            from dreamy.errors import free_memory, is_out_of_memory
 
             arm = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
             if is_out_of_memory(e):

@@ -5,7 +5,7 @@ time; ``einops`` and ``omegaconf`` must be importable (e.g. on PYTHONPATH). Its 
 one by one with the package ``__init__``s of ``sgm`` stubbed (they pull in training, open_clip and
 LLaVA code) and ``k_diffusion.sampling`` stubbed (only other samplers use it); no file of it is
 edited. The official GLVControl and LightGLVUNet are built on the meta device and take our tensors
-by their official names (``dreamy.enlarge.keys`` and the LDM renamer), so they share the GPU memory
+by their official names (``dreamy.enlarging.keys`` and the LDM renamer), so they share the GPU memory
 of our modules and cost none. The noise is drawn from the same CPU generator in the same order as
 our sampler draws it (``torch.randn_like`` is replaced while the official sampler runs), so the two
 final latents can be compared, not only timed.
@@ -70,8 +70,8 @@ def _take(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str) ->
 
 def official_modules(ns: types.SimpleNamespace, supir: Any, overrides: dict | None = None) -> tuple[Any, Any]:
     """(GLVControl, LightGLVUNet) of the official code holding ``supir``'s tensors (SupirModules)."""
-    from dreamy.enlarge.keys import CONTROL_PREFIX, connector_names, control_names
-    from dreamy.ldm_keys import unet_to_ldm
+    from dreamy.enlarging.keys import CONTROL_PREFIX, connector_names, control_names
+    from dreamy.models.ldm_keys import unet_to_ldm
 
     params = _COMMON | (overrides or {})
     base, connectors, control = supir.unet.unet, supir.unet.connectors, supir.control
@@ -89,7 +89,7 @@ def official_modules(ns: types.SimpleNamespace, supir: Any, overrides: dict | No
 @contextlib.contextmanager
 def _noise_from(generator: torch.Generator):
     """``torch.randn_like`` drawing from ``generator`` as our sampler does (CPU, float32, then moved)."""
-    from dreamy.enlarge.sampler import draw_noise
+    from dreamy.enlarging.sampler import draw_noise
 
     original = torch.randn_like
 
@@ -108,7 +108,7 @@ def official_sample(ns: types.SimpleNamespace, modules: tuple[Any, Any], cond: A
                     hint: torch.Tensor, settings: Any, seed: int, tiled: bool, dtype: torch.dtype,
                     tile: int = 128, stride: int = 64) -> torch.Tensor:
     """The official RestoreEDMSampler (or its tiled variant) on our conditioning; returns the latent."""
-    from dreamy.enlarge.sampler import draw_noise
+    from dreamy.enlarging.sampler import draw_noise
 
     control_o, unet_o = modules
     device = hint.device

@@ -8,7 +8,7 @@
 512 px, no prior preservation): fp32 UNet + text encoder, fp16 VAE, accelerate's fp16 autocast +
 GradScaler (plain autocast + GradScaler when accelerate is missing), bitsandbytes AdamW8bit over
 both models, the VAE encoding every step, a per-step PIL crop, clip 1.0, zero_grad without
-freeing. Dreamy is ``dreamy.train.train`` on the ``sweet-spot`` preset with validation off and a
+freeing. Dreamy is ``dreamy.training.train`` on the ``sweet-spot`` preset with validation off and a
 checkpoint only at the end, once per variant. Both start from the very same weights; reported:
 seconds per step (median after warm-up), peak GPU memory during the steps, first/last loss.
 """
@@ -78,7 +78,7 @@ def _summary(times: list[float], losses: list[float], warmup: int) -> dict:
 
 
 def run_ours(base: str, photos: Path, steps: int, warmup: int, extra: dict, resolution: int) -> dict:
-    from dreamy.train import Finished, Notice, Started, StepDone, train
+    from dreamy.training import Finished, Notice, Started, StepDone, train
 
     models = Path(tempfile.mkdtemp(prefix="bench-train-"))
     overrides = {"max_train_steps": steps, "checkpointing_steps": steps, "validation_seeds": "",
@@ -209,7 +209,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-train-data-"))
     try:
         if args.tiny:
-            from dreamy.tiny import ensure_tiny_model
+            from dreamy.models.tiny import ensure_tiny_model
 
             folder, base, resolution = ensure_tiny_model(), "tiny", 64
         else:

@@ -17,33 +17,33 @@ from .errors import (
 )
 from .events import CancelToken, Progress
 
+# The public functions, loaded on first use so `import dreamy` stays fast (no torch, no diffusers).
+# No submodule shares a name with them (the engines live in dreaming/, training/, enlarging/), so
+# importing an engine never rebinds `dreamy.dream` and friends to a module.
+_LAZY = {
+    "dream": "dreaming.dreams", "dream_iter": "dreaming.dreams", "recall": "dreaming.dreams",
+    "sweep": "dreaming.sweeps",
+    "load_model": "models.sources",
+    "load_preset": "recipes.presets", "list_presets": "recipes.presets",
+    "resolve": "recipes.recipe", "Recipe": "recipes.recipe",
+    "parse_seeds": "recipes.seeds",
+    "train": "training.loop", "export": "training.exports",
+    "enlarge": "enlarging.pipeline",
+}
+
 
 def __getattr__(name: str):
-    # Heavy modules (torch, diffusers) load on first use, so `import dreamy` stays fast.
-    lazy = {
-        "dream": ("dream", "dream"),
-        "dream_iter": ("dream", "dream_iter"),
-        "recall": ("dream", "recall"),
-        "load_model": ("sources", "load_model"),
-        "load_preset": ("presets", "load_preset"),
-        "list_presets": ("presets", "list_presets"),
-        "resolve": ("recipe", "resolve"),
-        "Recipe": ("recipe", "Recipe"),
-        "parse_seeds": ("seeds", "parse_seeds"),
-        "sweep": ("sweep", "sweep"),
-        "train": ("train", "train"),
-        "export": ("train", "export"),
-    }
-    if name in lazy:
+    if name in _LAZY:
         import importlib
 
-        module, attr = lazy[name]
-        return getattr(importlib.import_module(f".{module}", __name__), attr)
-    raise AttributeError(name)
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'dreamy' has no attribute {name!r}")
 
 
 __all__ = [
     "CancelToken", "Cancelled", "DreamyError", "LockedFieldError", "PresetError", "Progress", "RecallError",
     "SeedSyntaxError", "SourceError", "__version__", "dream", "dream_iter", "list_presets", "load_model",
-    "load_preset", "parse_seeds", "recall", "resolve", "Recipe", "sweep", "train", "export",
+    "load_preset", "parse_seeds", "recall", "resolve", "Recipe", "sweep", "train", "export", "enlarge",
 ]

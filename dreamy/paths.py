@@ -9,31 +9,17 @@ from __future__ import annotations
 
 import os
 import re
-import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from .errors import DreamyError
+from .layout import HUB_ID, RUN_NAME
 
-PROJECT = Path(__file__).resolve().parent.parent
-NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # run and training-set names (as dreamy.train)
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}$")
 _UNSAFE = re.compile(r"[^\w.-]+")
 
 
 class PathError(DreamyError):
     """A path given by a user is outside what the studio may touch, or malformed."""
-
-
-def models_root() -> Path:
-    """Where trained runs live: ``$DREAMY_MODELS``, else ``models/`` in the project (as the Train engine)."""
-    return Path(os.environ.get("DREAMY_MODELS") or PROJECT / "models")
-
-
-def outputs_root() -> Path:
-    from .outputs import OUTPUTS
-
-    return OUTPUTS
 
 
 def within(path: str | os.PathLike, roots: Iterable[str | os.PathLike], what: str = "path") -> Path:
@@ -53,7 +39,7 @@ def within(path: str | os.PathLike, roots: Iterable[str | os.PathLike], what: st
 
 def check_name(name: str, what: str = "name") -> str:
     """A run or training-set name: letters, digits, '.', '_', '-'; never a path."""
-    if not isinstance(name, str) or not NAME.fullmatch(name.strip()):
+    if not isinstance(name, str) or not RUN_NAME.fullmatch(name.strip()):
         raise PathError(f"'{str(name)[:60]}' is not a usable {what}: use letters, digits, '.', '_' or '-' "
                         "(up to 100, not starting with a dot).")
     return name.strip()
@@ -88,31 +74,9 @@ def check_model_source(
     if "\x00" in spec or len(spec) > 4096:
         raise PathError("The model source is malformed.")
     local = Path(spec).expanduser()
-    if local.exists() or local.is_symlink() or not _HUB_ID.match(spec):
+    if local.exists() or local.is_symlink() or not HUB_ID.match(spec):
         return str(within(spec, roots, "model path"))
     if not allow_hub:
         raise PathError(f"'{spec}': downloading models from the Hugging Face Hub is turned off on shared links; "
                         "choose a model from the list.")
     return spec
-
-
-def claim_run_dir(root: str | os.PathLike, job: str) -> Path:
-    """Create and return a fresh ``root/<job>/<time>[-n]/``; concurrent jobs never get the same folder."""
-    base = Path(root) / check_name(job, "job name") / time.strftime("%Y%m%d-%H%M%S")
-    base.parent.mkdir(parents=True, exist_ok=True)
-    for i in range(10_000):
-        d = base.with_name(f"{base.name}-{i}") if i else base
-        try:
-            d.mkdir()
-            return d
-        except FileExistsError:
-            continue
-    raise PathError(f"Could not create a fresh folder under {base.parent}.")
-
-
-def release_if_empty(folder: Path) -> None:
-    """Remove a job folder nothing was written into (a job refused before its first file)."""
-    try:
-        folder.rmdir()
-    except OSError:
-        pass

@@ -24,13 +24,13 @@ FAST = {"width": 128, "height": 128, "steps": 8}
 
 @pytest.fixture(scope="session")
 def tiny_model():
-    from dreamy.sources import load_model
+    from dreamy.models.sources import load_model
 
     return load_model("tiny", device="cpu")
 
 
 @pytest.fixture(scope="session")
 def tiny_dir():
-    from dreamy.tiny import ensure_tiny_model
+    from dreamy.models.tiny import ensure_tiny_model
 
     return ensure_tiny_model()

@@ -81,7 +81,7 @@ def test_every_endpoint_has_a_stable_name_and_ui_events_stay_private(client):
 
 
 def test_dream_streams_pngs_that_carry_their_recipe(client, studio):
-    from dreamy.metadata import read_recipe
+    from dreamy.png.metadata import read_recipe
 
     job = client.submit("tiny", "biased-dreams", "3-5", True, 1, *SMALL.values(), api_name="/dream")
     updates = list(job)  # one update per image as it lands, then the final one with the contact sheet
@@ -161,7 +161,7 @@ def test_prompt_sweep_needs_the_prompt_unlocked_and_draws_a_labelled_grid(client
     gallery, grid, status, *_ = client.predict("tiny", "biased-dreams", "0-1", True, *args, api_name="/prompt_sweep")
     assert [g["caption"] for g in gallery] == ["1 · seed 0", "1 · seed 1", "2 · seed 0", "2 · seed 1"]
     assert Image.open(grid).info["dreamy_prompt_grid"].count("by Turner") == 1
-    from dreamy.metadata import read_recipe
+    from dreamy.png.metadata import read_recipe
 
     assert read_recipe(Path(gallery[2]["image"])).settings.prompt == PACKAGE_DEAL + ", by Yoshida"
 
@@ -239,7 +239,7 @@ def test_a_recipe_naming_a_model_outside_the_studio_is_refused(client, studio, t
     from gradio_client import handle_file
     from gradio_client.exceptions import AppError
 
-    from dreamy.metadata import read_recipe, save_png
+    from dreamy.png.metadata import read_recipe, save_png
 
     gallery, *_ = dream(client, "1")
     recipe = read_recipe(Path(gallery[0]["image"]))
@@ -253,20 +253,20 @@ def test_out_of_memory_is_a_clear_message_and_the_next_job_runs(client, monkeypa
     import torch
     from gradio_client.exceptions import AppError
 
-    import dreamy.dream
+    import dreamy.dreaming.dreams
     from dreamy import sources
 
-    real = dreamy.dream.dream_iter
+    real = dreamy.dreaming.dreams.dream_iter
 
     def exhausted(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         yield
 
-    monkeypatch.setattr(dreamy.dream, "dream_iter", exhausted)
+    monkeypatch.setattr(dreamy.dreaming.dreams, "dream_iter", exhausted)
     with pytest.raises(AppError, match="Out of GPU memory during dream: lower the batch size"):
         dream(client, "0")
     loaded = dict(sources._loaded)
-    monkeypatch.setattr(dreamy.dream, "dream_iter", real)
+    monkeypatch.setattr(dreamy.dreaming.dreams, "dream_iter", real)
     assert loaded and sources._loaded == loaded  # the model stayed loaded
     gallery, *_ = dream(client, "0")
     assert len(gallery) == 1
@@ -277,7 +277,7 @@ def test_enlarge_through_the_api_with_locks(client, tmp_path):
     from gradio_client import handle_file
     from gradio_client.exceptions import AppError
 
-    from dreamy.metadata import read_recipe
+    from dreamy.png.metadata import read_recipe
 
     p = tmp_path / "in.png"
     Image.new("RGB", (64, 64), (120, 60, 30)).save(p)

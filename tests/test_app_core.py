@@ -58,7 +58,7 @@ def test_safe_names_never_escape_their_folder():
 
 
 def test_concurrent_jobs_each_claim_their_own_folder(tmp_path):
-    from dreamy.paths import claim_run_dir, release_if_empty
+    from dreamy.layout import claim_run_dir, release_if_empty
 
     got: list = []
     threads = [threading.Thread(target=lambda: got.append(claim_run_dir(tmp_path, "dream"))) for _ in range(16)]
@@ -74,7 +74,7 @@ def test_concurrent_jobs_each_claim_their_own_folder(tmp_path):
 # ---- pickers ----
 
 def test_model_picker_lists_runs_and_each_checkpoint(tmp_path):
-    from dreamy.catalog import model_choices, runs
+    from dreamy.layout import model_choices, runs
 
     run = tmp_path / "my-run" / "checkpoints"
     for step in (100, 200):
@@ -89,7 +89,7 @@ def test_model_picker_lists_runs_and_each_checkpoint(tmp_path):
 # ---- training sets ----
 
 def test_adding_to_a_training_set_copies_under_safe_names_once(tmp_path):
-    from dreamy.curation import add_to_training_set, inspect_training_set
+    from dreamy.training.sets import add_to_training_set, inspect_training_set
 
     src = tmp_path / "src"
     src.mkdir()
@@ -118,8 +118,8 @@ def test_adding_to_a_training_set_copies_under_safe_names_once(tmp_path):
 # ---- prompt sweeps ----
 
 def test_prompt_variants_expand_and_need_the_prompt_unlocked(tiny_model, tmp_path):
+    from dreamy.dreaming.prompt_sweeps import expand_prompts, prompt_sweep_iter, write_prompt_grid
     from dreamy.errors import LockedFieldError
-    from dreamy.prompt_sweep import expand_prompts, prompt_sweep_iter, write_prompt_grid
 
     assert expand_prompts("{prompt}, by Turner\n\n  {prompt},  by Turner \nstone", "sea") == ["sea, by Turner", "stone"]
     with pytest.raises(DreamyError, match="at least one"):
@@ -162,7 +162,7 @@ def test_particles_loop_seamlessly_and_follow_the_controls(tmp_path):
 # ---- dropped PNGs ----
 
 def test_a_foreign_png_maps_onto_dream_settings_and_hostile_values_are_dropped(tmp_path):
-    from dreamy.png_info import describe_png
+    from dreamy.png.info import describe_png
 
     def png(text):
         info = PngImagePlugin.PngInfo()
@@ -187,7 +187,7 @@ def test_a_foreign_png_maps_onto_dream_settings_and_hostile_values_are_dropped(t
 # ---- out of memory ----
 
 def test_out_of_memory_becomes_a_message_with_a_suggestion():
-    from dreamy.failures import OutOfMemory, user_error
+    from dreamy.errors import OutOfMemory, user_error
 
     err = user_error(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB"), "train")
     assert isinstance(err, OutOfMemory) and "Out of GPU memory during train: use LoRA" in str(err)

@@ -104,7 +104,7 @@ def test_eight_users_five_jobs_each_all_finish_unmixed_and_nothing_is_lost(serve
     """8 gradio_client users submit 5 one-seed dreams each at once; every job ends with its own images."""
     from gradio_client import Client
 
-    from dreamy.metadata import read_recipe
+    from dreamy.png.metadata import read_recipe
 
     url, studio = served
     results: dict[tuple[int, int], object] = {}

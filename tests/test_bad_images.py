@@ -45,7 +45,7 @@ def test_a_png_named_jpg_and_greyscale_16_bit_load(tmp_path):
 
 
 def test_captions_without_images_and_images_without_captions(tmp_path):
-    from dreamy.train.data import prepare_images
+    from dreamy.training.data import prepare_images
 
     for name in ("a", "b"):
         Image.new("RGB", (96, 96), "gray").save(tmp_path / f"{name}.png")

@@ -7,7 +7,7 @@ import sys
 from PIL import Image
 
 from conftest import REPO
-from dreamy.metadata import read_recipe
+from dreamy.png.metadata import read_recipe
 
 
 def _run(*args, cwd=REPO):

@@ -16,7 +16,8 @@ import torch
 from PIL import Image
 
 from conftest import REPO
-from dreamy.train import checkpoints as ckpt
+from dreamy.models.checkpoints import read_meta
+from dreamy.training import checkpoints as ckpt
 
 STEPS, EVERY = 14, 3
 
@@ -54,7 +55,7 @@ def _last_logged_step(run, since):
 
 def _assert_every_checkpoint_loads(run):
     for _step, path in ckpt.list_checkpoints(run):
-        ckpt.read_meta(path)  # complete folders only: a torn write never shows up as a checkpoint
+        read_meta(path)  # complete folders only: a torn write never shows up as a checkpoint
         if ckpt.has_resume_state(path):
             masters, state = ckpt.read_resume(path)
             assert masters and all(torch.isfinite(t).all() for t in masters.values())

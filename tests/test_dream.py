@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from conftest import FAST
-from dreamy.dream import dream, dream_iter, recall
+from dreamy.dreaming.dreams import dream, dream_iter, recall
 from dreamy.errors import Cancelled, LockedFieldError
 from dreamy.events import CancelToken
-from dreamy.metadata import read_recipe
+from dreamy.png.metadata import read_recipe
 
 
 def _stock_pipeline(tiny_dir, sampler_cls, **scheduler_kwargs):
@@ -114,7 +114,7 @@ def test_recall_refuses_an_edited_recipe_that_breaks_a_lock(tiny_model, tmp_path
     import json
 
     from dreamy.errors import RecallError
-    from dreamy.metadata import save_png
+    from dreamy.png.metadata import save_png
 
     r = dream(tiny_model, seeds=0, overrides=FAST, unlock=True, out_dir=tmp_path)[0]
     d = r.recipe.to_dict()

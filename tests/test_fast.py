@@ -9,14 +9,15 @@ import pytest
 import torch
 
 from conftest import FAST
-from dreamy.dream import decode, denoise, dream, encode_prompt, initial_noise
+from dreamy.dreaming.blocks import decode, denoise, encode_prompt, initial_noise
+from dreamy.dreaming.dreams import dream
+from dreamy.dreaming.fast import drop_fast_state, select
+from dreamy.dreaming.fast.graphs import _fingerprint, set_layout
+from dreamy.dreaming.fast.policy import padded, plan_batches, resolve_level, unsupported_reason
+from dreamy.dreaming.fast.program import DreamProgram, eager_decode
 from dreamy.errors import DreamyError
-from dreamy.fast import drop_fast_state, select
-from dreamy.fast.graphs import _fingerprint, set_layout
-from dreamy.fast.policy import padded, plan_batches, resolve_level, unsupported_reason
-from dreamy.fast.program import DreamProgram, eager_decode
-from dreamy.presets import load_preset
-from dreamy.recipe import resolve
+from dreamy.recipes.presets import load_preset
+from dreamy.recipes.recipe import resolve
 
 CUDA = torch.device("cuda")
 
@@ -116,7 +117,7 @@ def test_a_seed_in_a_padded_batch_equals_it_in_a_full_one(tiny_model):
 
 
 def test_layout_switch_moves_the_weights_and_drop_restores_it(tiny_dir):
-    from dreamy.sources import load_model
+    from dreamy.models.sources import load_model
 
     model = load_model(str(tiny_dir), device="cpu")
     before = _fingerprint(model)

@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 from PIL import Image, PngImagePlugin
 
 from dreamy.errors import OutputError, RecallError
-from dreamy.metadata import parse_a1111, read_recipe, save_png
-from dreamy.recipe import ModelRef, Recipe, resolve
+from dreamy.png.metadata import parse_a1111, read_recipe, save_png
+from dreamy.recipes.recipe import ModelRef, Recipe, resolve
 
 _json = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=50),
@@ -89,7 +89,7 @@ def test_paths_in_a_recipe_are_just_strings(tmp_path):
     r = Recipe.from_dict(json.loads(json.dumps(d)))
     assert r.model.source == "../../../../etc/passwd"
     from dreamy.errors import SourceError
-    from dreamy.sources import load_model
+    from dreamy.models.sources import load_model
 
     with pytest.raises(SourceError):
         load_model(r.model.source, device="cpu")

@@ -6,8 +6,8 @@ import pytest
 from PIL import Image, PngImagePlugin
 
 from dreamy.errors import RecallError
-from dreamy.metadata import a1111_parameters, parse_a1111, read_recipe, save_png
-from dreamy.recipe import ModelRef, Recipe, resolve
+from dreamy.png.metadata import a1111_parameters, parse_a1111, read_recipe, save_png
+from dreamy.recipes.recipe import ModelRef, Recipe, resolve
 
 
 def _recipe(**overrides) -> Recipe:

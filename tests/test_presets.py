@@ -3,8 +3,8 @@ from pathlib import Path
 import pytest
 
 from dreamy.errors import LockedFieldError, PresetError
-from dreamy.presets import list_presets, load_preset
-from dreamy.recipe import resolve
+from dreamy.recipes.presets import list_presets, load_preset
+from dreamy.recipes.recipe import resolve
 
 
 def test_builtin_presets_pin_the_package_deal():
@@ -43,7 +43,7 @@ def test_corridor_presets(name, lr, steps):
 def test_scheduler_built_exactly_as_the_recipe():
     from diffusers import DDIMScheduler
 
-    from dreamy.samplers import make_scheduler
+    from dreamy.recipes.samplers import make_scheduler
 
     ours = make_scheduler("ddim", load_preset("biased-dreams").dream.scheduler)
     reference = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",

@@ -1,7 +1,7 @@
 import pytest
 
 from dreamy.errors import SeedSyntaxError
-from dreamy.seeds import MAX_SEED, parse_seeds
+from dreamy.recipes.seeds import MAX_SEED, parse_seeds
 
 
 @pytest.mark.parametrize(

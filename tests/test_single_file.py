@@ -14,9 +14,9 @@ import torch
 from safetensors.torch import save_file
 
 from dreamy.errors import SourceError
-from dreamy.ldm_keys import CLIP_PREFIX, UNET_PREFIX, sd15_to_ldm
-from dreamy.single_file import CONFIGS, load_single_file, save_single_file
-from dreamy.tiny import build_tiny_components
+from dreamy.models.ldm_keys import CLIP_PREFIX, UNET_PREFIX, sd15_to_ldm
+from dreamy.models.single_file import CONFIGS, load_single_file, save_single_file
+from dreamy.models.tiny import build_tiny_components
 
 COMPONENTS = ("unet", "vae", "text_encoder")
 
@@ -120,7 +120,7 @@ def _tiny_sdxl(folder: Path):
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from dreamy.clip_vocab import write_byte_tokenizer
+    from dreamy.models.clip_vocab import write_byte_tokenizer
 
     torch.manual_seed(7)
     text = dict(vocab_size=514, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -204,7 +204,7 @@ def test_full_size_sd15_round_trip_with_shipped_configs(tmp_path):
     # Check VAE and text encoder against the file itself (their originals were freed).
     from safetensors.torch import load_file
 
-    from dreamy.ldm_keys import clip_to_ldm, vae_to_ldm
+    from dreamy.models.ldm_keys import clip_to_ldm, vae_to_ldm
 
     stored = load_file(path)
     for part in (vae_to_ldm(loaded["vae"]), clip_to_ldm(loaded["text_encoder"])):
@@ -244,7 +244,7 @@ def test_sdxl_export_keys_match_diffusers_single_file_mapping():
     )
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
-    from dreamy.ldm_keys import SDXL_CLIP_G_PREFIX, openclip_to_ldm, unet_to_ldm, vae_to_ldm
+    from dreamy.models.ldm_keys import SDXL_CLIP_G_PREFIX, openclip_to_ldm, unet_to_ldm, vae_to_ldm
 
     cfg = CONFIGS / "sdxl"
     ucfg = UNet2DConditionModel.load_config(cfg, subfolder="unet")
@@ -400,7 +400,7 @@ def test_ldm_names_of_real_sd15_layout():
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from dreamy.ldm_keys import unet_to_ldm
+    from dreamy.models.ldm_keys import unet_to_ldm
 
     cfg = CONFIGS / "sd15"
     with torch.device("meta"):

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from dreamy.errors import DreamyError, SourceError
-from dreamy.sources import classify, folder_sha256, load_model
+from dreamy.models.sources import classify, folder_sha256, load_model
 
 
 def test_tiny_model_is_generated_deterministically(tmp_path):
-    from dreamy.tiny import TINY_LABEL, save_tiny_model
+    from dreamy.models.tiny import TINY_LABEL, save_tiny_model
 
     a, b = save_tiny_model(tmp_path / "a"), save_tiny_model(tmp_path / "b")
     assert folder_sha256(a) == folder_sha256(b)
@@ -104,7 +104,7 @@ def test_corrupt_weights_in_a_folder(tiny_dir, tmp_path):
 
 
 def test_device_policy_errors():
-    from dreamy.devices import pick_device, pick_dtype
+    from dreamy.models.devices import pick_device, pick_dtype
 
     assert pick_dtype("fp16", torch.device("cpu")) == torch.float32
     assert pick_dtype("fp16", torch.device("cuda")) == torch.float16
@@ -122,8 +122,8 @@ def test_single_file_model_dreams_like_its_folder(tiny_model, tiny_dir, tmp_path
     import numpy as np
 
     from conftest import FAST
-    from dreamy.dream import dream
-    from dreamy.single_file import save_single_file
+    from dreamy.dreaming.dreams import dream
+    from dreamy.models.single_file import save_single_file
 
     path = save_single_file(tmp_path / "tiny.safetensors", unet=tiny_model.unet, vae=tiny_model.vae,
                             text_encoder=tiny_model.text_encoder, dtype=torch.float32)

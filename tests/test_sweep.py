@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from conftest import REPO
+from dreamy.dreaming.sweeps import SweepPlan, expand_models, model_folder
 from dreamy.errors import DreamyError
-from dreamy.sweep import SweepPlan, expand_models, model_folder
 
 SMALL = ["--unlock", "--steps", "3", "--width", "64", "--height", "64"]
 

@@ -15,9 +15,9 @@ import pytest
 import torch
 from PIL import Image
 
-from dreamy.dream import dream_iter
-from dreamy.sources import load_model
-from dreamy.train import Finished, train
+from dreamy.dreaming.dreams import dream_iter
+from dreamy.models.sources import load_model
+from dreamy.training import Finished, train
 
 DREAM = {"width": 64, "height": 64, "steps": 10}
 SEEDS = list(range(6))

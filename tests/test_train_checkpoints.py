@@ -11,9 +11,9 @@ from PIL import Image
 from safetensors.torch import load_file
 from test_train_loop import VALIDATION, photos, run
 
-from dreamy.dream import dream_iter, recall
+from dreamy.dreaming.dreams import dream_iter, recall
 from dreamy.errors import SourceError
-from dreamy.sources import load_model
+from dreamy.models.sources import load_model
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import pytest
 from test_train_loop import photos
 
 from conftest import REPO
-from dreamy.metadata import read_recipe
+from dreamy.png.metadata import read_recipe
 
 
 def _run(*args):

@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dreamy.train.data import TrainDataError, apply_trigger, batch_indices, epoch_order, prepare_images
+from dreamy.training.data import TrainDataError, apply_trigger, batch_indices, epoch_order, prepare_images
 
 
 @pytest.mark.parametrize(

@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 
 from dreamy.errors import OutputError
-from dreamy.train import checkpoints as ckpt
-from dreamy.train import train
+from dreamy.training import checkpoints as ckpt
+from dreamy.training import train
 
 
 @pytest.mark.parametrize("code, words", [(errno.ENOSPC, "the disk is full"), (errno.EROFS, "read-only")])

@@ -10,11 +10,11 @@ import torch
 from safetensors import safe_open
 from test_train_loop import photos, run
 
-from dreamy.dream import dream_iter
-from dreamy.presets import load_preset
-from dreamy.sources import load_model
-from dreamy.train import export
-from dreamy.train.exports import ExportError
+from dreamy.dreaming.dreams import dream_iter
+from dreamy.models.sources import load_model
+from dreamy.recipes.presets import load_preset
+from dreamy.training import export
+from dreamy.training.exports import ExportError
 
 SIZE, STEPS, SEED = 64, 4, 11
 PROMPT = "monumental, dramatic, atmospheric, transcendent"

@@ -11,10 +11,10 @@ from safetensors.torch import load_file
 
 from dreamy.errors import LockedFieldError
 from dreamy.events import CancelToken
-from dreamy.metadata import read_recipe
-from dreamy.train import CheckpointSaved, Finished, StepDone, TrainError, ValidationDone, train
-from dreamy.train.checkpoints import list_checkpoints
-from dreamy.train.data import TrainDataError
+from dreamy.png.metadata import read_recipe
+from dreamy.training import CheckpointSaved, Finished, StepDone, TrainError, ValidationDone, train
+from dreamy.training.checkpoints import list_checkpoints
+from dreamy.training.data import TrainDataError
 
 # Tiny, fast runs: 64 px, a few steps; validation renders at 64 px with 4 DDIM steps.
 QUICK = {"resolution": 64, "max_train_steps": 4, "checkpointing_steps": 2, "validation_seeds": "",

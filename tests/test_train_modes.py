@@ -9,10 +9,10 @@ import torch
 from safetensors.torch import load_file
 from test_train_loop import photos, run
 
-from dreamy.metadata import read_recipe
-from dreamy.sources import load_model
-from dreamy.train import Notice, StepDone
-from dreamy.train.checkpoints import list_checkpoints
+from dreamy.models.sources import load_model
+from dreamy.png.metadata import read_recipe
+from dreamy.training import Notice, StepDone
+from dreamy.training.checkpoints import list_checkpoints
 
 
 def test_pivotal_tokens_train_until_the_pivot_and_stay_frozen_across_a_resume(tmp_path, tiny_model):

@@ -24,9 +24,10 @@ from safetensors.torch import load_file
 from test_train_loop import final_state, photos, run, same
 
 from conftest import REPO
-from dreamy.sources import load_model
-from dreamy.train import TrainError
-from dreamy.train.checkpoints import list_checkpoints, read_meta
+from dreamy.layout import checkpoints as list_checkpoints
+from dreamy.models.checkpoints import read_meta
+from dreamy.models.sources import load_model
+from dreamy.training import TrainError
 
 LR = 1e-4
 # 3 images, global batch 2, 2 micro-steps per step: every other micro-step is the short batch of an

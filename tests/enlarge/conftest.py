@@ -10,9 +10,9 @@ from diffusers import UNet2DConditionModel
 from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
 from safetensors.torch import load_file
 
-from dreamy.enlarge.control import GLVControl
-from dreamy.enlarge.model import assemble_supir
-from dreamy.enlarge.unet import SupirUNet
+from dreamy.enlarging.control import GLVControl
+from dreamy.enlarging.model import assemble_supir
+from dreamy.enlarging.unet import SupirUNet
 
 from .supir_synthetic import FIXTURES, load_manifest, synthetic_state_dict
 

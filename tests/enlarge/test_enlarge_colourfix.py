@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from dreamy.enlarge.colourfix import colour_fix, wavelet_split
+from dreamy.enlarging.colourfix import colour_fix, wavelet_split
 
 from .supir_synthetic import FIXTURES
 

@@ -9,8 +9,8 @@ import torch
 from diffusers.models.embeddings import Timesteps
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-from dreamy.clip_vocab import write_byte_tokenizer
-from dreamy.enlarge.conditioning import SUPIR_TIME_IDS, added_vector, encode_text
+from dreamy.enlarging.conditioning import SUPIR_TIME_IDS, added_vector, encode_text
+from dreamy.models.clip_vocab import write_byte_tokenizer
 
 
 def _sgm_timestep_embedding(value: float, dim: int = 256) -> torch.Tensor:

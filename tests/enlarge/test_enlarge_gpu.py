@@ -7,10 +7,10 @@ import copy
 import pytest
 import torch
 
-from dreamy.enlarge.conditioning import TextConditioning
-from dreamy.enlarge.restore import RestoreSettings, SamplingTiles, restore
-from dreamy.enlarge.sampler import SamplerSettings
-from dreamy.enlarge.tiled_vae import VaeTiling
+from dreamy.enlarging.conditioning import TextConditioning
+from dreamy.enlarging.restore import RestoreSettings, SamplingTiles, restore
+from dreamy.enlarging.sampler import SamplerSettings
+from dreamy.enlarging.tiled_vae import VaeTiling
 
 from .tiny_supir import build_tiny_supir
 

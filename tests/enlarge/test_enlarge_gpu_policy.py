@@ -8,11 +8,11 @@ import pytest
 import torch
 from PIL import Image
 
-from dreamy.enlarge import gpu, pipeline
-from dreamy.enlarge.pipeline import enlarge
-from dreamy.enlarge.sampler import SamplerSettings, restore_step
+from dreamy.enlarging import gpu, pipeline
+from dreamy.enlarging.pipeline import enlarge
+from dreamy.enlarging.sampler import SamplerSettings, restore_step
 from dreamy.errors import DreamyError
-from dreamy.metadata import read_recipe
+from dreamy.png.metadata import read_recipe
 
 CUDA = torch.device("cuda")
 GB = 2**30

@@ -11,9 +11,9 @@ import pytest
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 
-from dreamy.enlarge.checkpoint import load_exact
-from dreamy.enlarge.keys import official_connector_order
-from dreamy.enlarge.model import assemble_supir, load_supir
+from dreamy.enlarging.checkpoint import load_exact
+from dreamy.enlarging.keys import official_connector_order
+from dreamy.enlarging.model import assemble_supir, load_supir
 from dreamy.errors import SourceError
 
 from .supir_synthetic import load_manifest

@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dreamy.enlarge.conditioning import SUPIR_TIME_IDS, added_vector
-from dreamy.enlarge.keys import official_connector_order
+from dreamy.enlarging.conditioning import SUPIR_TIME_IDS, added_vector
+from dreamy.enlarging.keys import official_connector_order
 
 TOL = 1e-5
 

@@ -10,16 +10,16 @@ import pytest
 import torch
 from PIL import Image
 
-from dreamy.enlarge.backbone import apply_backbone
-from dreamy.enlarge.models import load_enlarge_models
-from dreamy.enlarge.pipeline import enlarge
-from dreamy.enlarge.resize import target_size
-from dreamy.enlarge.sources import load_base, locate_base, locate_supir
-from dreamy.enlarge.tiny import ensure_tiny_enlarge
+from dreamy.enlarging.backbone import apply_backbone
+from dreamy.enlarging.models import load_enlarge_models
+from dreamy.enlarging.pipeline import enlarge
+from dreamy.enlarging.resize import target_size
+from dreamy.enlarging.sources import load_base, locate_base, locate_supir
+from dreamy.enlarging.tiny import ensure_tiny_enlarge
 from dreamy.errors import Cancelled, DreamyError, LockedFieldError, SourceError
 from dreamy.events import CancelToken
 from dreamy.images import ImageError
-from dreamy.metadata import read_recipe
+from dreamy.png.metadata import read_recipe
 
 TINY = dict(supir="tiny", base="tiny", device="cpu")
 QUICK = dict(overrides={"upscale": 2.0, "steps": 3}, unlock=["upscale", "steps"])
@@ -138,7 +138,7 @@ def test_output_size_follows_supir():
 
 
 def test_cli_enlarges_and_refuses_locks(picture, tmp_path, capsys):
-    from dreamy.cli import main
+    from dreamy.cli.main import main
 
     args = ["enlarge", str(picture), "--out", str(tmp_path), "--supir", "tiny", "--base", "tiny", "--device", "cpu"]
     assert main([*args, "--scale", "2"]) == 2

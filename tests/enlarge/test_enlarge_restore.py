@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dreamy.enlarge.restore import RestoreSettings, SamplingTiles, restore
-from dreamy.enlarge.sampler import SamplerSettings
-from dreamy.enlarge.tiled_vae import VaeTiling
+from dreamy.enlarging.restore import RestoreSettings, SamplingTiles, restore
+from dreamy.enlarging.sampler import SamplerSettings
+from dreamy.enlarging.tiled_vae import VaeTiling
 
 from .tiny_supir import build_tiny_supir
 

@@ -11,9 +11,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from dreamy.enlarge.conditioning import TextConditioning
-from dreamy.enlarge.epsilon import SupirEpsilon
-from dreamy.enlarge.sampler import SamplerSettings, restore_sample
+from dreamy.enlarging.conditioning import TextConditioning
+from dreamy.enlarging.epsilon import SupirEpsilon
+from dreamy.enlarging.sampler import SamplerSettings, restore_sample
 
 from .supir_synthetic import FIXTURES
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from dreamy.enlarge.sampler import SamplerSettings
-from dreamy.enlarge.schedule import (
+from dreamy.enlarging.sampler import SamplerSettings
+from dreamy.enlarging.schedule import (
     ddpm_sigmas,
     linear_cfg_scale,
     quantize_sigma,

@@ -6,10 +6,10 @@ import torch
 from diffusers import AutoencoderKL
 from safetensors.torch import load_file
 
-from dreamy.enlarge.checkpoint import split_supir_state_dict
-from dreamy.enlarge.keys import denoise_encoder_names
-from dreamy.enlarge.stage1 import DenoiseEncoder, run_stage1
-from dreamy.enlarge.tiled_vae import VaeTiling, tiled_forward
+from dreamy.enlarging.checkpoint import split_supir_state_dict
+from dreamy.enlarging.keys import denoise_encoder_names
+from dreamy.enlarging.stage1 import DenoiseEncoder, run_stage1
+from dreamy.enlarging.tiled_vae import VaeTiling, tiled_forward
 
 from .supir_synthetic import FIXTURES, load_manifest, synthetic_state_dict
 

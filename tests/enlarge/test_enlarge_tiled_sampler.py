@@ -6,10 +6,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from dreamy.enlarge.conditioning import TextConditioning
-from dreamy.enlarge.epsilon import SupirEpsilon
-from dreamy.enlarge.sampler import SamplerSettings
-from dreamy.enlarge.tiled_sampler import gaussian_weights, restore_sample_tiled, sliding_windows
+from dreamy.enlarging.conditioning import TextConditioning
+from dreamy.enlarging.epsilon import SupirEpsilon
+from dreamy.enlarging.sampler import SamplerSettings
+from dreamy.enlarging.tiled_sampler import gaussian_weights, restore_sample_tiled, sliding_windows
 
 from .supir_synthetic import FIXTURES
 

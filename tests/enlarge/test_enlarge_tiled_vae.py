@@ -8,7 +8,7 @@ from diffusers import AutoencoderKL
 from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 from safetensors.torch import load_file
 
-from dreamy.enlarge.tiled_vae import tile_boxes, tiled_forward
+from dreamy.enlarging.tiled_vae import tile_boxes, tiled_forward
 
 from .supir_synthetic import FIXTURES, load_manifest, synthetic_state_dict
 

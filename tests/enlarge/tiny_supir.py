@@ -7,11 +7,11 @@ import copy
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 
-from dreamy.enlarge.conditioning import TextConditioning
-from dreamy.enlarge.control import GLVControl
-from dreamy.enlarge.model import SupirModules
-from dreamy.enlarge.stage1 import DenoiseEncoder
-from dreamy.enlarge.unet import SupirUNet
+from dreamy.enlarging.conditioning import TextConditioning
+from dreamy.enlarging.control import GLVControl
+from dreamy.enlarging.model import SupirModules
+from dreamy.enlarging.stage1 import DenoiseEncoder
+from dreamy.enlarging.unet import SupirUNet
 
 
 def build_tiny_supir() -> tuple[SupirModules, AutoencoderKL, TextConditioning, TextConditioning, torch.Tensor]:

@@ -1,0 +1,99 @@
+"""Prompt sweeps: a list of prompt variants (say, one artist per line) x the same seeds, as a labelled grid.
+
+Each variant is a dream recipe of its own, resolved through the preset's locks before any work:
+the package deal locks the prompt, so a sweep needs the prompt unlocked, and every image records
+its change from the preset's prompt.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import DreamyError
+from ..events import CancelToken, Progress, ProgressCallback
+from ..png.metadata import save_png
+from ..recipes.presets import Preset, load_preset
+from ..recipes.recipe import resolve
+from ..recipes.seeds import parse_seeds
+from .contact_sheet import grid
+
+MAX_VARIANTS = 64
+GRID_NAME = "prompt-grid.png"
+
+
+@dataclass
+class SweepCell:
+    row: int  # which variant
+    prompt: str
+    image: Any  # DreamImage
+
+
+def expand_prompts(text: str, base_prompt: str) -> list[str]:
+    """One variant per non-empty line; ``{prompt}`` stands for the preset's prompt (``{prompt}, by Turner``)."""
+    lines = [" ".join(line.split()) for line in str(text).splitlines()]
+    variants = list(dict.fromkeys(line.replace("{prompt}", base_prompt) for line in lines if line))
+    if not variants:
+        raise DreamyError("Write at least one prompt variant, one per line ({prompt} stands for the preset's prompt).")
+    if len(variants) > MAX_VARIANTS:
+        raise DreamyError(f"{len(variants)} prompt variants; at most {MAX_VARIANTS} fit in one sweep.")
+    return variants
+
+
+def prompt_sweep_iter(
+    model: Any,
+    preset: str | Preset,
+    prompts: str | list[str],
+    seeds: str | Iterable[int],
+    out_dir: str | Path,
+    *,
+    overrides: dict[str, Any] | None = None,
+    unlock: bool | Iterable[str] = (),
+    on_progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+) -> Iterator[SweepCell]:
+    """Dream every variant x seed into ``out_dir/NN/seed*.png``, yielding each cell as it lands."""
+    from .dreams import dream_iter
+
+    preset = load_preset(preset) if isinstance(preset, str) else preset
+    if isinstance(prompts, str):
+        prompts = expand_prompts(prompts, preset.dream.prompt)
+    seed_list = parse_seeds(seeds)
+    overrides = {k: v for k, v in (overrides or {}).items() if k != "prompt"}
+    recipes = [resolve(preset, "dream", {**overrides, "prompt": p}, unlock) for p in prompts]  # locks first
+    out = Path(out_dir)
+    for row, (prompt, recipe) in enumerate(zip(prompts, recipes, strict=True)):
+        def relay(p: Progress, row: int = row) -> None:
+            if on_progress is not None:
+                on_progress(Progress("sweep", p.step, p.steps, item=row * len(seed_list) + p.item,
+                                     items=len(prompts) * len(seed_list),
+                                     message=f"variant {row + 1} of {len(prompts)}, {p.message}"))
+
+        for img in dream_iter(model, seeds=seed_list, recipe=recipe, out_dir=out / f"{row:02d}",
+                              on_progress=relay, cancel=cancel):
+            yield SweepCell(row, prompt, img)
+
+
+def _short(text: str, n: int = 28) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def write_prompt_grid(cells: list[SweepCell], path: str | Path, cell: int = 192) -> Path:
+    """Variants as rows (numbered, the prompt shortened), seeds as columns; the PNG lists the full prompts."""
+    if not cells:
+        raise DreamyError("Nothing was dreamed, so there is no grid to draw.")
+    prompt_of = {c.row: c.prompt for c in cells}
+    rows = sorted(prompt_of)
+    seeds = list(dict.fromkeys(c.image.seed for c in cells))
+    by_key = {(c.row, c.image.seed): c.image.image for c in cells}
+    from PIL import Image
+
+    blank = Image.new("RGB", (8, 8), (48, 48, 48))  # a cell a stopped sweep did not reach
+    items = [(f"seed {s}", by_key.get((r, s), blank)) for r in rows for s in seeds]
+    labels = [f"{r + 1}. {_short(prompt_of[r])}" for r in rows]
+    sheet = grid(items, columns=len(seeds), cell=cell, row_labels=labels)
+    info = {"prompts": [prompt_of[r] for r in rows], "seeds": seeds}
+    return save_png(sheet, Path(path), extra={"dreamy_prompt_grid": json.dumps(info)})

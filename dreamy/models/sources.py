@@ -1,0 +1,220 @@
+"""Model sources: ``tiny``, a hub id, a local diffusers folder, or a single .safetensors/.ckpt file.
+
+``load_model`` turns any of them into loaded components plus a ``ModelRef`` (the source as given,
+its kind and a content hash), so a recipe names exactly which weights made a picture. Every
+failure becomes a SourceError with one sentence that names the source and what to do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import SourceError
+from ..layout import CHECKPOINT_FILE, HUB_ID, step_of
+from ..recipes.recipe import ModelRef
+from . import checkpoints, hub
+from .devices import pick_device, pick_dtype
+from .hashing import file_sha256
+from .tiny import TINY_LABEL, TINY_NAME, ensure_tiny_model
+
+DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
+_COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+_HUB_PATTERNS = ["model_index.json", *(f"{c}/*.json" for c in _COMPONENTS), "tokenizer/*.txt",
+                 *(f"{c}/*.safetensors" for c in ("unet", "vae", "text_encoder"))]
+_HUB_IGNORE = ["*.fp16.*", "*non_ema*", "*.ema.*"]
+
+
+@dataclass
+class SDModel:
+    """A loaded Stable Diffusion 1.x model, ready to dream on ``device`` in ``dtype``."""
+
+    ref: ModelRef
+    arch: str
+    unet: Any
+    vae: Any
+    text_encoder: Any
+    tokenizer: Any
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def is_demo(self) -> bool:
+        return self.ref.kind == "tiny"
+
+
+def classify(spec: str) -> tuple[str, Path | None]:
+    """(kind, local path) for a source string, without loading anything."""
+    spec = str(spec).strip()
+    if not spec:
+        raise SourceError(f"An empty string is not a model source: give 'tiny', a hub id such as {DEFAULT_MODEL}, "
+                          "a diffusers folder, or a .safetensors/.ckpt file.")
+    if spec == TINY_NAME:
+        return "tiny", None
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return "folder", path
+    if path.is_file():
+        if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
+            raise SourceError(
+                f"'{spec}' is a {path.suffix or 'suffix-less'} file; a model file must be "
+                f"{', '.join(SINGLE_FILE_SUFFIXES)} (or give a diffusers folder or a hub id)."
+            )
+        return "file", path
+    if path.suffix.lower() in SINGLE_FILE_SUFFIXES or spec.startswith((".", "/", "~")) or os.sep + os.sep in spec:
+        raise SourceError(f"No model file or folder at '{spec}': check the path.")
+    if HUB_ID.match(spec):
+        return "hub", None
+    raise SourceError(
+        f"'{spec}' is not a model source: give 'tiny', a hub id such as {DEFAULT_MODEL}, "
+        "a diffusers folder, or a .safetensors/.ckpt file."
+    )
+
+
+# ---- content hashes (A1111's "Model hash" is the sha256 of the checkpoint file) ----
+
+def folder_sha256(folder: Path) -> str:
+    """sha256 over the (path, content hash) list of a diffusers folder's model files."""
+    lines = []
+    for comp in _COMPONENTS:
+        sub = folder / comp
+        if sub.is_dir():
+            for f in sorted(sub.iterdir()):
+                if f.is_file() and not f.name.startswith("."):
+                    lines.append(f"{comp}/{f.name}:{file_sha256(f)}")
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+# ---- loading ----
+
+def _hub_snapshot(repo_id: str) -> Path:
+    return hub.snapshot(repo_id, _HUB_PATTERNS, _HUB_IGNORE, "a local folder or .safetensors file with --model "
+                        "(or --model tiny for the offline demo)")
+
+
+def _folder_arch(folder: Path, spec: str) -> str:
+    config = folder / "unet" / "config.json"
+    if not config.is_file():
+        raise SourceError(
+            f"'{spec}' is a folder but not a diffusers Stable Diffusion model (no unet/config.json); "
+            "give a model folder, a .safetensors/.ckpt file, a hub id, or 'tiny'."
+        )
+    try:
+        unet_config = json.loads(config.read_text())
+    except (OSError, ValueError) as e:
+        raise SourceError(f"'{spec}': unet/config.json cannot be read ({e!s:.80}); the folder is corrupt.") from None
+    if unet_config.get("addition_embed_type") == "text_time":
+        return "sdxl"
+    return "sd15"
+
+
+def _load_folder(folder: Path, spec: str, dtype: torch.dtype) -> dict:
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    loaders = {
+        "unet": lambda: UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=dtype),
+        "vae": lambda: AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=dtype),
+        "text_encoder": lambda: CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", dtype=dtype),
+        "tokenizer": lambda: CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer"),
+    }
+    missing = [name for name in loaders if not (folder / name).is_dir()]
+    if missing:
+        raise SourceError(f"'{spec}' has no {', '.join(m + '/' for m in missing)} folder; it is not a complete "
+                          "Stable Diffusion model.")
+    parts = {}
+    for name, load in loaders.items():
+        try:
+            parts[name] = load()
+        except Exception as e:  # noqa: BLE001 - library errors vary; the user needs one sentence
+            reason = str(e).replace(str(folder), "").splitlines()[0][:100] if str(e) else ""
+            raise SourceError(
+                f"Could not load the {name} of '{spec}' ({type(e).__name__}: {reason}); "
+                "the folder is incomplete or corrupt: re-download or re-export it."
+            ) from None
+    return parts
+
+
+def load_model(
+    spec: str = TINY_NAME,
+    device: str | torch.device | None = None,
+    precision: str = "fp16",
+    expected_arch: str = "sd15",
+    config_dir: str | Path | None = None,
+) -> SDModel:
+    """Load a Stable Diffusion model from any source, on ``device`` with the dtype policy applied.
+
+    ``config_dir`` (single files only) replaces the shipped SD1.5 component configs, for checkpoints
+    of a non-standard architecture such as the tiny demo model.
+    """
+    spec = str(spec)
+    device = device if isinstance(device, torch.device) else pick_device(device)
+    dtype = pick_dtype(precision, device)
+    kind, path = classify(spec)
+    if kind == "folder" and (path / CHECKPOINT_FILE).is_file():
+        if expected_arch != "sd15":
+            raise SourceError(f"'{spec}' is a Stable Diffusion 1.x training checkpoint; this needs an SDXL model.")
+        # A Train checkpoint holds only the trained parts and names its base: load the base, then complete it.
+        meta = checkpoints.read_meta(path)
+        base = load_model(meta["base"]["source"], device=device, precision=precision)
+        return checkpoints.complete(base, path, spec, meta)
+    if kind == "file":
+        from .single_file import load_single_file
+
+        parts = load_single_file(path, arch=expected_arch, config_dir=config_dir, torch_dtype=dtype)
+        arch, sha = parts["arch"], file_sha256(path)
+        label = path.stem
+    else:
+        if kind == "tiny":
+            folder, label = ensure_tiny_model(), TINY_LABEL
+        elif kind == "hub":
+            folder, label = _hub_snapshot(spec), spec
+        else:
+            folder, label = path, path.name
+        arch = _folder_arch(folder, spec)
+        if arch != expected_arch:
+            raise SourceError(
+                f"'{spec}' is an SDXL model; Dream needs a Stable Diffusion 1.x model (SDXL is used by Enlarge)."
+                if arch == "sdxl" else f"'{spec}' is a Stable Diffusion 1.x model; this needs an SDXL model."
+            )
+        parts = _load_folder(folder, spec, dtype)
+        sha = folder_sha256(folder)
+    ref = ModelRef(source=spec, kind=kind, sha256=sha, label=label, checkpoint_step=step_of(path) if path else None)
+    for name in ("unet", "vae", "text_encoder"):
+        parts[name].to(device).eval().requires_grad_(False)
+    return SDModel(ref=ref, arch=arch, unet=parts["unet"], vae=parts["vae"], text_encoder=parts["text_encoder"],
+                   tokenizer=parts["tokenizer"], device=device, dtype=dtype)
+
+
+def default_model() -> str:
+    """``$DREAMY_MODEL``, else SD1.5 when it is in the local hub cache, else the offline tiny demo."""
+    env = os.environ.get("DREAMY_MODEL")
+    if env:
+        return env
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        if isinstance(try_to_load_from_cache(DEFAULT_MODEL, "model_index.json"), str):
+            return DEFAULT_MODEL
+    except (ImportError, OSError, ValueError):
+        pass
+    return TINY_NAME
+
+
+_loaded: dict[tuple, SDModel] = {}
+
+
+def cached_model(spec: str, device: str | None = None, precision: str = "fp16") -> SDModel:
+    """Keep one model loaded between jobs (the studio's case); loading another replaces it."""
+    key = (str(spec), str(pick_device(device)), precision)
+    if key not in _loaded:
+        _loaded.clear()  # free the previous model before loading the next
+        _loaded[key] = load_model(spec, device=device, precision=precision)
+    return _loaded[key]

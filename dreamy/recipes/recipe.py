@@ -1,0 +1,178 @@
+"""The recipe: a plain, serialisable record of exactly what one job does.
+
+``resolve`` turns a preset plus a caller's overrides into settings, enforcing the preset's locks:
+changing a locked field is refused unless the caller unlocks it, and an unlocked change is recorded
+(field, preset value, new value) so every output says how it departs from the preset.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import LockedFieldError, PresetError, RecallError
+from .presets import Preset, load_preset, preset_fields
+from .settings import SECTIONS, build, check_value
+
+RECIPE_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """Which weights: the source as the user gave it, what kind it is, and its content hash."""
+
+    source: str
+    kind: str  # tiny | hub | folder | file
+    sha256: str
+    label: str
+    checkpoint_step: int | None = None
+
+    @property
+    def short_hash(self) -> str:
+        """A1111's "Model hash": the first 10 hex digits of the sha256."""
+        return self.sha256[:10]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    job: str  # dream | train | enlarge
+    preset: str
+    settings: Any  # DreamSettings | TrainSettings | EnlargeSettings
+    locked: tuple[str, ...] = ()
+    unlocked: dict[str, dict[str, Any]] = field(default_factory=dict)
+    model: ModelRef | None = None
+    seed: int | None = None
+    runtime: dict[str, Any] = field(default_factory=dict)
+
+    def replace(self, **changes: Any) -> Recipe:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": RECIPE_FORMAT,
+            "job": self.job,
+            "preset": self.preset,
+            "model": dataclasses.asdict(self.model) if self.model else None,
+            "seed": self.seed,
+            "settings": dataclasses.asdict(self.settings),
+            "locked": list(self.locked),
+            "unlocked": self.unlocked,
+            "runtime": self.runtime,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, ensure_ascii=True, separators=(",", ":"))
+
+    @classmethod
+    def from_dict(cls, d: Any) -> Recipe:
+        """Rebuild from ``to_dict`` output; every field is re-validated (a PNG is untrusted input)."""
+        try:
+            if not isinstance(d, dict) or d.get("format") != RECIPE_FORMAT:
+                raise RecallError("not a Dreamy recipe of a format this version reads")
+            job = d["job"]
+            if job not in SECTIONS:
+                raise RecallError(f"unknown job {job!r:.40}")
+            settings = build(SECTIONS[job], d["settings"], "recipe [settings]")
+            m = d.get("model")
+            model = None
+            if m is not None:
+                step = m.get("checkpoint_step")
+                model = ModelRef(
+                    source=_str(m["source"]), kind=_str(m["kind"]), sha256=_str(m["sha256"]),
+                    label=_str(m["label"]), checkpoint_step=None if step is None else _int(step),
+                )
+            seed = d.get("seed")
+            locked = d.get("locked", [])
+            unlocked = d.get("unlocked", {})
+            if not isinstance(locked, list) or not all(isinstance(x, str) for x in locked):
+                raise RecallError("'locked' is not a list of names")
+            if not isinstance(unlocked, dict) or not all(isinstance(v, dict) for v in unlocked.values()):
+                raise RecallError("'unlocked' is not a table of changes")
+            runtime = d.get("runtime", {})
+            if not isinstance(runtime, dict):
+                raise RecallError("'runtime' is not a table")
+            return cls(
+                job=job, preset=_str(d["preset"]), settings=settings, locked=tuple(locked),
+                unlocked=unlocked, model=model, seed=None if seed is None else _seed(seed), runtime=runtime,
+            )
+        except (KeyError, TypeError, AttributeError) as e:
+            raise RecallError(f"the recipe is incomplete or malformed ({type(e).__name__}: {e!s:.80})") from None
+        except PresetError as e:
+            raise RecallError(f"the recipe holds an invalid setting: {e}") from None
+
+    @classmethod
+    def from_json(cls, text: str) -> Recipe:
+        try:
+            return cls.from_dict(json.loads(text))
+        except (ValueError, RecursionError) as e:
+            raise RecallError(f"the recipe is not valid JSON ({e!s:.80})") from None
+
+
+def _str(v: Any) -> str:
+    if not isinstance(v, str) or len(v) > 4096:
+        raise TypeError(f"expected a short string, got {type(v).__name__}")
+    return v
+
+
+def _int(v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise TypeError(f"expected an integer, got {type(v).__name__}")
+    return v
+
+
+def _seed(v: Any) -> int:
+    v = _int(v)
+    if not 0 <= v < 2**32:
+        raise TypeError("seed out of range")
+    return v
+
+
+def resolve(
+    preset: Preset | str,
+    job: str = "dream",
+    overrides: dict[str, Any] | None = None,
+    unlock: bool | Iterable[str] = (),
+) -> Recipe:
+    """Preset + overrides -> a Recipe (model, seed and runtime are filled in by the engine).
+
+    ``unlock=True`` unlocks every field; an iterable unlocks just those. Overriding a locked field
+    with the value it already has is not a change and needs no unlock.
+    """
+    if isinstance(preset, str):
+        preset = load_preset(preset)
+    base = preset_fields(preset, job)
+    locked = preset.locked.get(job, ())
+    cls = SECTIONS[job]
+    if unlock is True:
+        unlocked_names = set(base)
+    elif unlock is False or unlock is None:
+        unlocked_names = set()
+    else:
+        unlocked_names = set(unlock)
+        unknown = sorted(unlocked_names - set(base))
+        if unknown:
+            raise PresetError(f"Cannot unlock {unknown}: not {job} settings (known: {', '.join(base)}).")
+    values = dict(base)
+    changes: dict[str, dict[str, Any]] = {}
+    for name, value in (overrides or {}).items():
+        value = check_value(cls, name, value, f"{job} setting")
+        if value == base[name]:
+            continue
+        if name in locked and name not in unlocked_names:
+            raise LockedFieldError(
+                f"'{name}' is locked by preset '{preset.name}' (it is {base[name]!r}); "
+                f"unlock it to change it (CLI: --unlock {name}; Python: unlock=['{name}'])."
+            )
+        values[name] = value
+        if name in locked:
+            changes[name] = {"preset": base[name], "value": value}
+    return Recipe(
+        job=job,
+        preset=preset.name,
+        settings=cls(**values),
+        locked=tuple(locked),
+        unlocked=changes,
+    )

@@ -1,0 +1,105 @@
+"""Validation renders: the locked Dream preset, K fixed seeds, the live weights, and the growing grid.
+
+The live modules are never cast: on CUDA they stay fp32 masters and the render runs under fp16
+autocast (the cast of diffusers issue #13124 would wreck the next optimizer step). Each PNG carries
+a dream recipe naming the checkpoint it shows, so it can be recalled against that checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from ..dreaming.blocks import decode, denoise, encode_prompt, initial_noise
+from ..dreaming.contact_sheet import grid
+from ..dreaming.dreams import image_name
+from ..models.devices import runtime_info
+from ..models.sources import SDModel
+from ..png.metadata import save_png
+from ..recipes.recipe import Recipe
+
+_NAME = re.compile(r"step(\d+)-seed(\d+)\.png")
+GRID_NAME = "grid.png"
+
+
+def autocast_for(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
+    if device.type == "cuda" and dtype in (torch.float16, torch.bfloat16):
+        return torch.autocast("cuda", dtype=dtype)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def render_seeds(model: SDModel, recipe: Recipe, seeds: Sequence[int]) -> Iterator[tuple[Image.Image, Recipe]]:
+    """Yield (image, its recipe) per seed with ``recipe`` (a dream recipe) on ``model``'s live modules.
+
+    ``model.dtype`` is the compute dtype (fp16 under autocast on CUDA), not the modules' dtype; the
+    modules are in eval mode while rendering and back in their own mode after.
+    """
+    modules = (model.unet, model.text_encoder)
+    was_training = [m.training for m in modules]
+    for m in modules:
+        m.eval()
+    try:
+        base = recipe.replace(model=model.ref, runtime={**runtime_info(model.device, model.dtype), **recipe.runtime})
+        s = base.settings
+        with autocast_for(model.device, model.dtype):
+            cond = encode_prompt(model, s.prompt)
+            uncond = encode_prompt(model, s.negative_prompt)
+        for seed in seeds:
+            with autocast_for(model.device, model.dtype):
+                latents = denoise(model, base, initial_noise(model, seed, s.width, s.height), cond, uncond)
+            images, upcast = decode(model, latents.to(model.vae.dtype))  # outside autocast: fp32 fall-back works
+            r = base.replace(seed=seed)
+            if upcast:
+                r = r.replace(runtime={**r.runtime, "vae_upcast": True})
+            yield images[0], r
+    finally:
+        for m, t in zip(modules, was_training, strict=True):
+            m.train(t)
+
+
+def render(model: SDModel, recipe: Recipe, seeds: Sequence[int], out_dir: Path, step: int) -> list[Path]:
+    """Validation PNGs for ``step`` (named stepNNNNNN-seedNNNNNN.png), each with its dream recipe."""
+    recipe = recipe.replace(runtime={**recipe.runtime, "validation_of_train_step": step})
+    return [save_png(image, out_dir / image_name(r.replace(model=_at_step(r.model, step))), r)
+            for image, r in render_seeds(model, recipe, seeds)]
+
+
+def _at_step(ref, step: int):
+    """Step 0 renders the base model, whose ref has no step: name its files step000000 all the same."""
+    from dataclasses import replace
+
+    return ref if ref.checkpoint_step is not None else replace(ref, checkpoint_step=step)
+
+
+def write_grid(validation_dir: Path, seeds: Sequence[int], recipe: Recipe | None = None, cell: int = 256) -> Path:
+    """The checkpoint x seed grid from the validation PNGs on disk: one row per step, one column per seed."""
+    found: dict[int, dict[int, Path]] = {}
+    for f in validation_dir.glob("step*-seed*.png"):
+        m = _NAME.fullmatch(f.name)
+        if m:
+            found.setdefault(int(m.group(1)), {})[int(m.group(2))] = f
+    steps = sorted(found)
+    if steps:  # never blow small renders up; they stay pixel-exact in the grid
+        with Image.open(next(iter(found[steps[0]].values()))) as first:
+            cell = min(cell, max(first.size))
+    cells = []
+    for step in steps:
+        for seed in seeds:
+            path = found[step].get(seed)
+            if path is None:
+                cells.append((f"seed {seed}", Image.new("RGB", (cell, cell), (48, 48, 48))))
+            else:
+                with Image.open(path) as im:
+                    cells.append((f"seed {seed}", im.convert("RGB")))
+    if not cells:
+        raise ValueError("no validation images to put in a grid")
+    sheet = grid(cells, columns=len(seeds), cell=cell, row_labels=[f"step {s}" for s in steps])
+    info = {"steps": steps, "seeds": list(seeds)}
+    return save_png(sheet, validation_dir / GRID_NAME, recipe, extra={"dreamy_grid": json.dumps(info)})
