@@ -1,8 +1,8 @@
 """Dreamy studio: Train, Dream, Enlarge and Particles tabs, a thin Gradio layer over the `dreamy` core.
 
-Every handler only turns widget values into a core call (one module per tab: app_dream.py,
-app_train.py, app_enlarge.py, app_particles.py). Locks are enforced by the core, so the HTTP API
-behind this page cannot bypass them either; one GPU queue serves all tabs.
+Every handler only turns widget values into a core call (the ``studio`` package: one module per tab,
+studio/dream_tab.py, train_tab.py, enlarge_tab.py, particles_tab.py). Locks are enforced by the core,
+so the HTTP API behind this page cannot bypass them either; one GPU queue serves all tabs.
 
     python app.py                                  # http://127.0.0.1:7860 (offline: the tiny demo model)
     python app.py --model PATH_OR_HUB_ID           # start on another model
@@ -22,13 +22,10 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from
 
 import gradio as gr  # noqa: E402
 
-import app_dream
-import app_enlarge
-import app_particles
-import app_train
-from app_common import Studio
 from dreamy.layout import models_root, outputs_root
 from dreamy.models.sources import TINY_NAME, default_model
+from studio import dream_tab, enlarge_tab, particles_tab, train_tab
+from studio.session import Studio
 
 CSS = """
 .dreamy-note { font-size: 0.9em; opacity: 0.85; }
@@ -49,13 +46,13 @@ def build(studio: Studio) -> gr.Blocks:
                         elem_id="offline-banner")
         with gr.Tabs(selected="dream") as tabs:
             with gr.Tab("Train", id="train"):
-                train = app_train.build(studio)
+                train = train_tab.build(studio)
             with gr.Tab("Dream", id="dream"):
-                dream = app_dream.build(studio)
+                dream = dream_tab.build(studio)
             with gr.Tab("Enlarge", id="enlarge"):
-                enlarge = app_enlarge.build(studio)
+                enlarge = enlarge_tab.build(studio)
             with gr.Tab("Particles", id="particles"):
-                particles = app_particles.build(studio)
+                particles = particles_tab.build(studio)
 
         # Hand-offs between tabs (UI only: the API works on files, not on a visitor's selection).
         def to_enlarge(paths: list[str], index: int | None):
@@ -69,11 +66,11 @@ def build(studio: Studio) -> gr.Blocks:
         dream.send_particles.click(to_particles, [dream.paths, dream.selected], [particles.image, tabs],
                                    api_visibility="private")
         for ev in train.events:  # a finished run's checkpoints appear in Dream's pickers
-            ev.then(lambda: app_dream.refresh_pickers(studio), None, [dream.model, dream.run],
+            ev.then(lambda: dream_tab.refresh_pickers(studio), None, [dream.model, dream.run],
                     api_visibility="private")
 
         def on_load():
-            return [*app_dream.refresh_pickers(studio), *dream.init(), *train.init(), *enlarge.init()]
+            return [*dream_tab.refresh_pickers(studio), *dream.init(), *train.init(), *enlarge.init()]
 
         demo.load(on_load, None, [dream.model, dream.run, *dream.init_outputs, *train.init_outputs,
                                   *enlarge.init_outputs], api_visibility="private")

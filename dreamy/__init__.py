@@ -1,7 +1,9 @@
-"""Dreamy's core library: presets, recipes, model sources and the Dream, Train and Enlarge engines.
+"""Dreamy's core library: dream pictures from presets, train Dreambooth models, enlarge with SUPIR,
+every picture carrying the recipe that re-creates it (``dream``, ``train``, ``enlarge``, ``recall``...).
 
 It never imports gradio; the studio (app.py), the CLI (python -m dreamy) and Python callers are
-three ways of building the same recipes.
+three ways of building the same recipes. The public functions load on first use, so ``import dreamy``
+does not load torch or diffusers.
 """
 
 __version__ = "0.1.0"

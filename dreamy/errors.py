@@ -1,5 +1,8 @@
 """User-facing errors: each carries one sentence that names the thing and what to do.
 
+Every user-facing error class is defined here, grouped by what it is about; the module that raises
+one imports it from here, so the older spelling (``from dreamy.images import ImageError``) still works.
+
 Every entry point (CLI, studio, Python API) lets these through unchanged; the CLI prints the
 sentence without a traceback, the studio shows it in a `gr.Error`. Running out of GPU (or CPU)
 memory is the other failure people meet daily: ``user_error`` turns it into such a sentence with a
@@ -10,14 +13,23 @@ from __future__ import annotations
 
 import gc
 
+# --- The base -----------------------------------------------------------------------------------
 
 class DreamyError(Exception):
     """Base class: ``str(err)`` is the whole message a user needs."""
 
 
+# --- Models and where they come from (models/, enlarging/sources.py) --------------------------------
+
 class SourceError(DreamyError):
     """A model source is missing, unreachable, corrupt or of the wrong kind."""
 
+
+class TokenizerMissing(SourceError):
+    """No cached copy of the CLIP tokenizer and nothing installed to build it from."""
+
+
+# --- Presets, settings, seeds and recipes (recipes/, png/) --------------------------------------------
 
 class PresetError(DreamyError):
     """A preset file or a setting is invalid (file, key, expected type or range)."""
@@ -35,12 +47,47 @@ class RecallError(DreamyError):
     """A PNG carries no usable Dreamy recipe."""
 
 
-class Cancelled(DreamyError):
-    """A job was stopped through its cancel token; whatever it had finished is kept."""
+# --- Files: paths, pictures, outputs (paths.py, images.py) --------------------------------------------
+
+class PathError(DreamyError):
+    """A path given by a user is outside what the studio may touch, or malformed."""
+
+
+class ImageError(DreamyError):
+    """An image file cannot be used; the message names the file and why."""
 
 
 class OutputError(DreamyError):
     """An output could not be written (disk full, read-only folder); earlier outputs are intact."""
+
+
+# --- Training (training/) ----------------------------------------------------------------------------
+
+class TrainSetupError(DreamyError):
+    """A training run cannot be set up (a missing package, an impossible combination)."""
+
+
+class TrainError(TrainSetupError):
+    """A run cannot start or continue (name taken, nothing to resume, diverged)."""
+
+
+class TrainDataError(DreamyError):
+    """The training images cannot be used (none usable, bad captions folder, ...)."""
+
+
+class ExportError(DreamyError):
+    """An export was asked for something the checkpoint does not have."""
+
+
+# --- Any job: stopped, or out of memory ----------------------------------------------------------------
+
+class Cancelled(DreamyError):
+    """A job was stopped through its cancel token; whatever it had finished is kept."""
+
+
+class OutOfMemory(DreamyError):
+    """A job ran out of GPU or CPU memory; the message says what to try."""
+
 
 SUGGESTIONS = {
     "dream": "lower the batch size or the image size, or close other programs using the GPU",
@@ -48,10 +95,6 @@ SUGGESTIONS = {
     "train": "use LoRA, turn on gradient checkpointing, or lower the resolution or batch size",
     "enlarge": "enlarge a smaller picture, lower the scale, or turn on the tiled VAE",
 }
-
-
-class OutOfMemory(DreamyError):
-    """A job ran out of GPU or CPU memory; the message says what to try."""
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import DreamyError
+from .errors import ImageError
 
 # Suffix -> Pillow format; only these decoders are ever used.
 _FORMATS = {
@@ -43,10 +43,6 @@ MIN_SIDE = 64
 _EXIF_ORIENTATION = 0x0112
 _ROTATIONS = {2: "mirrored", 3: "rotated 180°", 4: "flipped", 5: "transposed", 6: "rotated 90°",
               7: "transversed", 8: "rotated 270°"}
-
-
-class ImageError(DreamyError):
-    """An image file cannot be used; the message names the file and why."""
 
 
 @dataclass

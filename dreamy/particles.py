@@ -1,6 +1,6 @@
 """Particles: a picture as a field of coloured particles drifting around their homes, as a looping GIF.
 
-The studio plays the same simulation live in the browser (``app_static/particles.js``); the
+The studio plays the same simulation live in the browser (``studio/static/particles.js``); the
 formulas here and there are the same, in coordinates normalised to [0, 1], so the GIF is what the
 canvas shows. The motion is periodic, so the GIF loops without a seam.
 """

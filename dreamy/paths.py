@@ -12,14 +12,10 @@ import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from .errors import DreamyError
+from .errors import PathError
 from .layout import HUB_ID, RUN_NAME
 
 _UNSAFE = re.compile(r"[^\w.-]+")
-
-
-class PathError(DreamyError):
-    """A path given by a user is outside what the studio may touch, or malformed."""
 
 
 def within(path: str | os.PathLike, roots: Iterable[str | os.PathLike], what: str = "path") -> Path:

@@ -6,17 +6,12 @@ studio hides the helper. Nothing is downloaded: the model must already be on dis
 
 from __future__ import annotations
 
-import os
 import re
 from functools import lru_cache
 
 from .errors import DreamyError
 
 TEMPLATE = "Write a short, vague, evocative prompt for a dreamy photograph of {word}:"
-
-
-def configured_model() -> str | None:
-    return os.environ.get("DREAMY_PROMPT_MODEL") or None
 
 
 @lru_cache(maxsize=1)

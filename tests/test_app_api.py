@@ -37,7 +37,7 @@ def running_studio(root: Path, **studio_kwargs):
     previous_tmp = os.environ.get("GRADIO_TEMP_DIR")
     os.environ["GRADIO_TEMP_DIR"] = str(root / "gradio-tmp")  # uploads and returned files stay in this test's folder
     import app
-    from app_common import Studio
+    from studio.session import Studio
 
     studio = Studio(default_model="tiny", outputs=root / "outputs", models=root / "models", **studio_kwargs)
     studio.models.mkdir(parents=True, exist_ok=True)
@@ -254,7 +254,7 @@ def test_out_of_memory_is_a_clear_message_and_the_next_job_runs(client, monkeypa
     from gradio_client.exceptions import AppError
 
     import dreamy.dreaming.dreams
-    from dreamy import sources
+    from dreamy.models import sources
 
     real = dreamy.dreaming.dreams.dream_iter
 

@@ -3,7 +3,7 @@ dropped-PNG summaries and out-of-memory messages. No server here; see test_app_a
 
 from __future__ import annotations
 
-import os
+import json
 import threading
 
 import numpy as np
@@ -102,10 +102,12 @@ def test_adding_to_a_training_set_copies_under_safe_names_once(tmp_path):
     (src / "fake.png").write_text("not a png")
     Image.new("RGB", (40, 40)).save(src / "tiny.png")
     root = tmp_path / "sets"
-    added, notes = add_to_training_set([a, a, other / "a.png", src / "notes.txt", src / "fake.png",
-                                        src / "tiny.png"], "faces", root)
-    assert [p.name for p in added] == ["a.png", "a.png", "a-1.png", "fake.png", "tiny.png"]
-    assert notes == ["notes.txt: not an image file, skipped"]
+    report = add_to_training_set([a, a, other / "a.png", src / "notes.txt", src / "fake.png",
+                                  src / "tiny.png"], " faces", root, resolution=512)
+    assert [p.name for p in report.added] == ["a.png", "a.png", "a-1.png", "fake.png", "tiny.png"]
+    assert report.notes == ["notes.txt: not an image file, skipped"]
+    assert (report.name, report.exists, report.files, report.sets) == ("faces", True, 4, ["faces"])
+    assert report.usable == 2 and [c.name for c in report.checks] == ["a-1.png", "a.png", "fake.png", "tiny.png"]
     checks = {c.name: c for c in inspect_training_set(root / "faces", 512)}
     assert checks["a.png"].usable and "smaller than 512 px: will be upscaled" in checks["a.png"].notes
     assert checks["a-1.png"].usable and not checks["a-1.png"].notes
@@ -113,6 +115,36 @@ def test_adding_to_a_training_set_copies_under_safe_names_once(tmp_path):
     assert not checks["tiny.png"].usable and "at least 64 px" in checks["tiny.png"].line
     with pytest.raises(DreamyError, match="not a usable training set name"):
         add_to_training_set([a], "../up", root)
+
+
+def test_a_training_set_report_says_what_the_studio_shows(tmp_path):
+    from dreamy.training.sets import add_to_training_set, training_set_report
+
+    root = tmp_path / "sets"
+    new = add_to_training_set([], "later", root, resolution=64)  # nothing given: nothing made
+    assert (new.exists, new.files, new.checks, new.sets) == (False, 0, [], []) and not (root / "later").exists()
+    photo = tmp_path / "p.png"
+    Image.new("RGB", (80, 80)).save(photo)
+    add_to_training_set([photo], "later", root)
+    (root / "later" / "p.txt").write_text("a caption")
+    (root / "later" / ".hidden").write_text("")
+    report = training_set_report(root, "later")
+    assert (report.files, report.checks, report.sets) == (2, [], ["later"])  # no resolution: not inspected
+    assert training_set_report(root, "later", 64).usable == 1
+    with pytest.raises(DreamyError, match="not a usable training set name"):
+        training_set_report(root, ".hidden")
+
+
+def test_training_on_a_set_not_made_yet_is_refused_after_the_recipe_checks(tmp_path):
+    from dreamy.errors import LockedFieldError, TrainDataError
+    from dreamy.training.sets import train_on_set
+
+    kw = {"name": "run", "preset": "sweet-spot", "base": "tiny", "models_dir": tmp_path / "models", "device": "cpu"}
+    with pytest.raises(LockedFieldError):  # the recipe speaks first, as train() orders its checks
+        next(train_on_set(tmp_path / "sets", "nothing-yet", overrides={"learning_rate": 1e-3}, **kw))
+    with pytest.raises(TrainDataError, match="Training set 'nothing-yet' has no photos yet"):
+        next(train_on_set(tmp_path / "sets", "nothing-yet", **kw))
+    assert not (tmp_path / "models" / "run").exists()
 
 
 # ---- prompt sweeps ----
@@ -131,9 +163,53 @@ def test_prompt_variants_expand_and_need_the_prompt_unlocked(tiny_model, tmp_pat
     assert not list(tmp_path.iterdir())  # refused before any image
     cells = list(prompt_sweep_iter(tiny_model, "biased-dreams", "a\nb", "0-1", tmp_path, overrides=small, unlock=True))
     assert [(c.row, c.image.seed) for c in cells] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert json.loads((tmp_path / "prompts.json").read_text()) == ["a", "b"]  # row NN is prompt NN
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["00", "01", "prompts.json"]
     assert cells[2].image.recipe.unlocked["prompt"]["value"] == "b"
     grid = write_prompt_grid(cells, tmp_path / "grid.png", cell=64)
     assert Image.open(grid).info["dreamy_prompt_grid"] == '{"prompts": ["a", "b"], "seeds": [0, 1]}'
+
+
+def test_a_prompt_sweep_checks_every_variant_before_loading_a_model(tmp_path, monkeypatch):
+    from dreamy.dreaming import prompt_sweeps
+    from dreamy.errors import LockedFieldError
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model was loaded before the variants were checked")
+
+    monkeypatch.setattr(prompt_sweeps, "_cells", no_loading)
+    small = {"width": 64, "height": 64, "steps": 2}
+    with pytest.raises(LockedFieldError, match="'prompt' is locked"):  # refused when called, not on next()
+        prompt_sweeps.prompt_sweep_iter("no/such-model", "biased-dreams", "a\nb", "0", tmp_path, overrides=small,
+                                        unlock=["width", "height", "steps"])
+    with pytest.raises(LockedFieldError, match="'prompt' is locked"):
+        next(prompt_sweeps.prompt_sweep_stream("no/such-model", "biased-dreams", "a\nb", "0", tmp_path,
+                                               overrides=small, unlock=["width", "height", "steps"]))
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_prompt_sweep_stream_ends_with_its_grid_and_stops_cleanly(tiny_model, tmp_path):
+    from dreamy.dreaming.prompt_sweeps import prompt_sweep_stream
+    from dreamy.dreaming.streams import Ended, Landed
+    from dreamy.events import CancelToken
+
+    small = {"width": 64, "height": 64, "steps": 2}
+    events = list(prompt_sweep_stream(tiny_model, "biased-dreams", "a\nb", "0-1", tmp_path / "all", overrides=small,
+                                      unlock=True))
+    assert [(e.item.row, e.item.image.seed, e.done, e.total) for e in events[:-1]] == [
+        (0, 0, 1, 4), (0, 1, 2, 4), (1, 0, 3, 4), (1, 1, 4, 4)]
+    end = events[-1]
+    assert isinstance(end, Ended) and not end.stopped and end.sheet == tmp_path / "all" / "prompt-grid.png"
+    assert json.loads(Image.open(end.sheet).info["dreamy_prompt_grid"])["prompts"] == ["a", "b"]
+    token = CancelToken()
+    stopped = []
+    for e in prompt_sweep_stream(tiny_model, "biased-dreams", "a\nb", "0-1", tmp_path / "stop", overrides=small,
+                                 unlock=True, cancel=token):
+        stopped.append(e)
+        if isinstance(e, Landed) and e.done == 3:
+            token.cancel()
+    end = stopped[-1]
+    assert (end.done, end.total, end.stopped) == (3, 4, True) and end.sheet.is_file()  # the grid of what finished
 
 
 # ---- particles ----
@@ -184,6 +260,22 @@ def test_a_foreign_png_maps_onto_dream_settings_and_hostile_values_are_dropped(t
     assert describe_png(plain).kind == "none"
 
 
+def test_a_dropped_png_fills_the_dream_form_under_its_preset_with_the_locks_it_changes(tmp_path):
+    from dreamy.png.info import dream_form
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", "a tower\nNegative prompt: fog\nSteps: 20, CFG scale: 6.5, Seed: 42, Size: 512x768")
+    foreign = tmp_path / "foreign.png"
+    Image.new("RGB", (8, 8)).save(foreign, pnginfo=info)
+    form = dream_form(foreign, "biased-dreams")  # no preset of its own: the form's stays
+    assert (form.preset, form.seed, form.model) == ("biased-dreams", 42, None)
+    assert form.values["steps"] == 20 and set(form.unlock) >= {"prompt", "guidance", "steps", "height"}
+    plain = tmp_path / "plain.png"
+    Image.new("RGB", (8, 8)).save(plain)
+    with pytest.raises(DreamyError, match="carries no recipe"):
+        dream_form(plain, "biased-dreams")
+
+
 # ---- out of memory ----
 
 def test_out_of_memory_becomes_a_message_with_a_suggestion():
@@ -196,9 +288,9 @@ def test_out_of_memory_becomes_a_message_with_a_suggestion():
     assert user_error(ValueError("a bug"), "dream") is None
 
 
-def test_prompt_helper_is_off_without_a_configured_model(monkeypatch):
-    from dreamy.prompt_helper import configured_model
+def test_prompt_helper_needs_a_word_before_it_loads_a_model():
+    from dreamy.prompt_helper import _pipeline, expand
 
-    monkeypatch.delenv("DREAMY_PROMPT_MODEL", raising=False)
-    assert configured_model() is None
-    assert os.environ.get("DREAMY_PROMPT_MODEL") is None
+    with pytest.raises(DreamyError, match="Give a word"):
+        expand("  \n ", "no/such-model")
+    assert _pipeline.cache_info().currsize == 0  # refused before any model was looked for

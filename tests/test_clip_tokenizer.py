@@ -6,8 +6,8 @@ import shutil
 
 import pytest
 
-from dreamy import clip_tokenizer
 from dreamy.errors import SourceError
+from dreamy.models import clip_tokenizer
 from dreamy.models.clip_tokenizer import clip_tokenizer_dir, find_bpe_file
 
 BOS, EOS = 49406, 49407

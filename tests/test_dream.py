@@ -123,3 +123,87 @@ def test_recall_refuses_an_edited_recipe_that_breaks_a_lock(tiny_model, tmp_path
     save_png(r.image, tmp_path / "forged.png", forged)
     with pytest.raises(RecallError, match="differs from preset 'biased-dreams', which locks it"):
         recall(tmp_path / "forged.png", tmp_path / "out", model=tiny_model)
+
+
+def test_dream_stream_lands_each_picture_then_its_contact_sheet(tiny_model, tmp_path):
+    from PIL import Image
+
+    from dreamy.dreaming.dreams import dream_stream
+    from dreamy.dreaming.streams import Ended, Landed
+
+    small = {"width": 64, "height": 64, "steps": 2}
+    events = list(dream_stream(tiny_model, seeds="3-5", out_dir=tmp_path / "a", overrides=small, unlock=True))
+    assert [(e.item.seed, e.done, e.total) for e in events[:-1]] == [(3, 1, 3), (4, 2, 3), (5, 3, 3)]
+    assert all(isinstance(e, Landed) and e.item.path.is_file() for e in events[:-1])
+    end = events[-1]
+    assert isinstance(end, Ended) and not end.stopped and end.sheet == tmp_path / "a" / "contact-sheet.png"
+    assert Image.open(end.sheet).info["dreamy_sheet"] == '{"seeds": [3, 4, 5], "files": ["seed000003.png", ' \
+                                                         '"seed000004.png", "seed000005.png"]}'  # dream()'s sheet
+    one = list(dream_stream(tiny_model, seeds="7", out_dir=tmp_path / "b", overrides=small, unlock=True))
+    assert one[-1].sheet == tmp_path / "b" / "seed000007.png"  # one picture is its own sheet
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["seed000007.png"]
+
+
+def test_dream_stream_stops_with_the_sheet_of_what_finished(tiny_model, tmp_path):
+    from dreamy.dreaming.dreams import dream_stream
+
+    token = CancelToken()
+    small = {"width": 64, "height": 64, "steps": 2}
+    events = []
+    for e in dream_stream(tiny_model, seeds="0-5", out_dir=tmp_path, overrides=small, unlock=True, cancel=token):
+        events.append(e)
+        if e.done == 2 and not token.cancelled:
+            token.cancel()
+    end = events[-1]
+    assert (end.done, end.total, end.stopped) == (2, 6, True) and end.sheet == tmp_path / "contact-sheet.png"
+    token = CancelToken()
+    token.cancel()
+    (end,) = dream_stream(tiny_model, seeds="0-5", out_dir=tmp_path / "none", overrides=small, unlock=True,
+                          cancel=token)
+    assert (end.done, end.sheet, end.stopped) == (0, None, True) and not (tmp_path / "none").exists()
+
+
+def test_dream_stream_refuses_locks_seeds_and_batch_size_before_loading_a_model(tmp_path, monkeypatch):
+    from dreamy.dreaming import dreams
+    from dreamy.errors import DreamyError, SeedSyntaxError
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model was loaded before the checks")
+
+    monkeypatch.setattr(dreams, "cached_model", no_loading)
+    monkeypatch.setattr(dreams, "load_model", no_loading)
+    for kwargs, error in (({"overrides": {"prompt": "a cat"}}, LockedFieldError), ({"seeds": "x"}, SeedSyntaxError),
+                          ({"batch_size": 0}, DreamyError)):
+        with pytest.raises(error):
+            next(dreams.dream_stream("tiny", **{"seeds": "0", **kwargs}, out_dir=tmp_path, keep_loaded=True))
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_dream_model_kept_loaded_is_loaded_once(monkeypatch):
+    from dreamy.dreaming.dreams import dream_model
+    from dreamy.models import sources
+
+    monkeypatch.setattr(sources, "_loaded", {})
+    first = dream_model("tiny", device="cpu", precision="fp32", keep_loaded=True)
+    assert dream_model("tiny", device="cpu", precision="fp32", keep_loaded=True) is first
+    assert dream_model("tiny", device="cpu", precision="fp32") is not first  # not kept: a fresh load
+
+
+def test_recall_vets_the_model_its_png_names_before_loading_it(tiny_model, tmp_path, monkeypatch):
+    from dreamy.errors import PathError
+    from dreamy.models import sources
+
+    monkeypatch.setattr(sources, "_loaded", {})
+
+    r = dream(tiny_model, seeds=4, overrides=FAST, unlock=True, out_dir=tmp_path)[0]
+    seen = []
+
+    def studio_check(source: str) -> str:
+        seen.append(source)
+        raise PathError(f"The model path '{source}' is outside the folders the studio may use.")
+
+    with pytest.raises(PathError, match="outside the folders"):
+        recall(r.path, tmp_path / "b", check_source=studio_check)
+    assert seen == ["tiny"] and not (tmp_path / "b").exists()
+    again = recall(r.path, tmp_path / "c", device="cpu", check_source=lambda s: s, keep_loaded=True)
+    assert again.path.read_bytes() == r.path.read_bytes()

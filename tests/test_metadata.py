@@ -49,6 +49,24 @@ def test_round_trip_through_png(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["x.png"]  # no temporary file left behind
 
 
+def test_a_recipe_summary_for_people():
+    r = _recipe(steps=2, width=64).replace(
+        model=ModelRef("models/run/checkpoints/step-0400", "folder", "cd" * 32, "run", 400),
+        runtime={"device": "cpu", "dtype": "float32"})
+    assert r.summary().split("\n") == [
+        "Dreamy recipe · preset biased-dreams · seed 42 · model run (cdcdcdcdcd, step 400)",
+        "prompt: monumental, dramatic, atmospheric, transcendent",
+        "guidance 3.0 · 2 ddim steps · 64×512 · fp16",
+        "unlocked: steps 50 → 2, width 512 → 64",
+        "made on cpu in float32",
+    ]
+    md = r.summary(markdown=True)  # the studio's Recall panel
+    assert md.startswith("**Dreamy recipe** · preset **biased-dreams** · seed **42** · model run (`cdcdcdcdcd`, step 400)")
+    assert "\n\n> monumental, dramatic" in md and "steps 50 → 2" in md
+    train = resolve("biased-dreams", "train")
+    assert train.summary().split("\n") == ["Dreamy recipe · preset biased-dreams · seed None · model ?", "a train recipe"]
+
+
 def _png_with(tmp_path, **chunks) -> str:
     info = PngImagePlugin.PngInfo()
     for k, v in chunks.items():

@@ -130,3 +130,15 @@ def test_user_preset_extends_and_locks(tmp_path, monkeypatch):
     with pytest.raises(LockedFieldError):
         resolve(p, overrides={"guidance": 1.0})
     assert load_preset(tmp_path / "mine.toml").name == "mine"  # by path too
+
+
+def test_locked_changes_name_what_a_form_must_unlock():
+    from dreamy.recipes.recipe import locked_changes
+
+    p = load_preset("biased-dreams")
+    assert locked_changes(p, "dream", {"prompt": p.dream.prompt, "guidance": 3.0, "steps": 50}) == []
+    values = {"height": 64, "steps": 2, "width": 64, "prompt": p.dream.prompt}
+    assert locked_changes("biased-dreams", "dream", values) == ["steps", "width", "height"]  # the preset's order
+    assert set(locked_changes(p, "dream", values)) == set(resolve(p, "dream", values, unlock=True).unlocked)
+    assert locked_changes(p, "train", {"checkpointing_steps": 7, "validation_seeds": "0"}) == []  # not locked
+    assert locked_changes(p, "train", {"learning_rate": 1e-3}) == ["learning_rate"]

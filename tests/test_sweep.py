@@ -45,6 +45,19 @@ def test_batches_are_cut_from_the_whole_plan(tmp_path):
     assert model_folder(0, "tiny", 1) == "tiny"
 
 
+def test_sweep_returns_the_sheets_and_grid_it_drew(run_dir, tmp_path):
+    from dreamy.dreaming.sweeps import sweep
+
+    quick = {"steps": 2, "width": 64, "height": 64}
+    result = sweep(str(run_dir), "biased-dreams", "0-1", tmp_path / "run", overrides=quick, unlock=True, device="cpu")
+    out = tmp_path / "run"
+    assert result["grid"] == out / "grid.png" and result["grid"].is_file()
+    assert result["sheets"] == [out / "00-step-000010" / "contact-sheet.png", out / "01-step-000020" / "contact-sheet.png"]
+    assert all(p.is_file() for p in result["sheets"]) and len(result["images"]) == 4  # the manifest, as before
+    one = sweep("tiny", "biased-dreams", "3", tmp_path / "one", overrides=quick, unlock=True, device="cpu")
+    assert one["grid"] is None and one["sheets"] == [tmp_path / "one" / "tiny" / "contact-sheet.png"]
+
+
 def _sweep(out, run_dir, launcher=()):
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     cmd = [*launcher, "-m", "dreamy", "sweep", "--model", str(run_dir), "--seeds", "0-4", "--out", str(out),

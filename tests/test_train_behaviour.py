@@ -4,6 +4,15 @@ The tiny demo model's VAE has random weights and cannot represent colour at all 
 see one channel per group, so every flat colour encodes and decodes alike). The test therefore
 builds its base from the tiny UNet and text encoder plus a small VAE first taught to round-trip
 flat colours (a few hundred CPU steps), then fine-tunes that base once on red and once on blue.
+
+What is compared is the two fine-tunes with each other, not each with the base: a random base
+already dreams in some colour of its own (one draw dreams nearly blue, so a blue fine-tune cannot
+come much closer to blue than it was, and sometimes moves a little away while still ending far
+bluer than the red fine-tune). Measured on two random bases (tiny seeds 1234 and 7; torch 2.13,
+diffusers 0.42.1, transformers 5.24), each run's dreams were 0.40-0.58 times as far from its own
+colour as the other run's dreams were, and (R-B) of the red run exceeded the blue run's by 79-111;
+without training both ratios are 1 and the gap 0, so the thresholds (0.75 and 40) still fail when
+training stops pulling.
 """
 
 from __future__ import annotations
@@ -24,12 +33,14 @@ SEEDS = list(range(6))
 RED, BLUE = (220, 40, 40), (40, 40, 220)
 
 
-@pytest.fixture(scope="module")
-def colour_base(tmp_path_factory, tiny_dir):
+@pytest.fixture(scope="module", params=[1234, 7], ids=["tiny-seed-1234", "tiny-seed-7"])
+def colour_base(request, tmp_path_factory):
     from diffusers import AutoencoderKL
 
+    from dreamy.models.tiny import save_tiny_model
+
     folder = tmp_path_factory.mktemp("colour-base") / "model"
-    shutil.copytree(tiny_dir, folder)
+    save_tiny_model(folder, seed=request.param)  # the tiny demo's architecture with this seed's weights
     torch.manual_seed(0)
     vae = AutoencoderKL(block_out_channels=(16, 32), down_block_types=("DownEncoderBlock2D",) * 2,
                         up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1, norm_num_groups=4,
@@ -72,10 +83,9 @@ def as_the_vae_sees_it(model, colour) -> np.ndarray:
     return ((out / 2 + 0.5).clamp(0, 1) * 255).mean(dim=(0, 2, 3)).numpy()
 
 
-@pytest.mark.slow  # ~45 s on 2 idle cores: a VAE taught colours, two 50-step runs, 18 dreams
+@pytest.mark.slow  # ~30 s per base on 2 cores: a VAE taught colours, two 50-step runs, 18 dreams
 def test_training_on_one_colour_pulls_dreams_toward_it(tmp_path, colour_base):
     base = load_model(str(colour_base), device="cpu")
-    before = mean_colour(base)
     red_target, blue_target = as_the_vae_sees_it(base, RED), as_the_vae_sees_it(base, BLUE)
     red = fine_tune(tmp_path, colour_base, RED, "red")
     blue = fine_tune(tmp_path, colour_base, BLUE, "blue")
@@ -83,8 +93,8 @@ def test_training_on_one_colour_pulls_dreams_toward_it(tmp_path, colour_base):
     def dist(c, target):
         return float(np.linalg.norm(c - target))
 
-    # each run's dreams moved a good way toward its own colour...
-    assert dist(red, red_target) < 0.7 * dist(before, red_target), (before, red, red_target)
-    assert dist(blue, blue_target) < 0.7 * dist(before, blue_target), (before, blue, blue_target)
+    # each run dreams much nearer its own colour than the other run does...
+    assert dist(red, red_target) < 0.75 * dist(blue, red_target), (red, blue, red_target)
+    assert dist(blue, blue_target) < 0.75 * dist(red, blue_target), (red, blue, blue_target)
     # ...and the two runs part along the red-blue axis (not both merely "flatter" or brighter)
-    assert (red[0] - red[2]) - (blue[0] - blue[2]) > 100, (red, blue)
+    assert (red[0] - red[2]) - (blue[0] - blue[2]) > 40, (red, blue)

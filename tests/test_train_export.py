@@ -45,6 +45,8 @@ def test_full_run_exports_a_diffusers_folder_a_single_file_and_a_card(tmp_path):
     files = export(tmp_path / "m" / "portrait", formats=["diffusers", "single-file", "card"])
     out = tmp_path / "m" / "portrait" / "export" / "step-0002"
     assert files["diffusers"] == out / "diffusers" and files["single_file"] == out / "portrait.safetensors"
+    assert list(files) == ["diffusers", "single_file", "card", "validation_grid"]  # every file it wrote
+    assert files["validation_grid"] == out / "validation-grid.png"
 
     folder_pipe = StableDiffusionPipeline.from_pretrained(files["diffusers"], torch_dtype=torch.float32)
     assert folder_pipe.unet.dtype == torch.float32 and folder_pipe.safety_checker is None
@@ -93,6 +95,14 @@ def test_lora_exports_load_in_stock_diffusers_in_both_layouts(tmp_path, tiny_dir
     assert np.abs(results["lora_diffusers"] - merged).max() <= 3
     assert np.abs(base - merged).max() > 10  # the adapters do change the picture
     assert "- lora" in files["card"].read_text()
+    assert "validation_grid" not in files  # no validation seeds, no grid
+
+    at_two = export(tmp_path / "m" / "adapter", tmp_path / "two", formats=["lora", "card"], step=2)  # a run + a step
+    assert at_two["card"].read_text().count("# adapter — step 2") == 1
+    with pytest.raises(ExportError, match="Run 'adapter' has no checkpoint at step 5"):
+        export(tmp_path / "m" / "adapter", formats=["card"], step=5)
+    with pytest.raises(ExportError, match="not a training run"):
+        export(step, formats=["card"], step=2)
 
 
 def test_pivotal_tokens_and_lora_load_in_stock_diffusers(tmp_path, tiny_dir):

@@ -110,7 +110,9 @@ def cmd_presets(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     from ..png.metadata import read_recipe
 
-    print(json.dumps(read_recipe(Path(args.image)).to_dict(), indent=2))
+    recipe = read_recipe(Path(args.image))
+    print(recipe.summary(), file=sys.stderr)  # for people; stdout stays the JSON, for scripts
+    print(json.dumps(recipe.to_dict(), indent=2))
     return 0
 
 
@@ -145,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", nargs="?")
     p.set_defaults(func=cmd_presets)
 
-    i = sub.add_parser("info", help="print the recipe stored in a PNG")
+    i = sub.add_parser("info", help="print the recipe stored in a PNG (a summary on stderr, JSON on stdout)")
     i.add_argument("image")
     i.set_defaults(func=cmd_info)
 

@@ -101,11 +101,11 @@ def _bar():
     return on_event
 
 
-def _export(checkpoint: Any, formats: str) -> int:
+def _export(checkpoint: Any, formats: str, step: int | None = None) -> int:
     from ..training.exports import export
 
     wanted = [e.strip() for e in formats.split(",") if e.strip()] or ["diffusers", "single-file", "card"]
-    for kind, path in export(checkpoint, formats=wanted).items():
+    for kind, path in export(checkpoint, formats=wanted, step=step).items():
         print(f"{kind}: {path}")
     return 0
 
@@ -119,8 +119,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.export_only is not None:
         run_dir = run_dir_for(args.name, args.models_dir)
-        target = run_dir if args.export_only == "latest" else run_dir / "checkpoints" / f"step-{int(args.export_only):04d}"
-        return _export(target, args.export)
+        return _export(run_dir, args.export, None if args.export_only == "latest" else int(args.export_only))
     if not args.images:
         raise DreamyError("Give the photos to train on with --images FOLDER (or --export-only to export a run).")
 

@@ -11,7 +11,7 @@ ones, the UNet and VAE run seed by seed inside the batch so that the result is b
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,14 +22,17 @@ from PIL import Image
 from ..errors import DreamyError, RecallError
 from ..events import CancelToken, Progress, ProgressCallback
 from ..models.devices import pick_device, pick_dtype, runtime_info
-from ..models.sources import SDModel, load_model
+from ..models.sources import SDModel, cached_model, load_model
 from ..png.metadata import read_recipe, save_png
 from ..recipes.presets import Preset, load_preset
 from ..recipes.recipe import Recipe, resolve
 from ..recipes.seeds import parse_seeds
 from .blocks import decode, denoise, encode_prompt, initial_noise
+from .contact_sheet import write_contact_sheet
+from .streams import Ended, Landed, stream
 
 log = logging.getLogger(__name__)
+SHEET_NAME = "contact-sheet.png"
 
 
 @dataclass
@@ -53,6 +56,48 @@ def _ensure_dtype(model: SDModel, precision: str) -> None:
         for m in (model.unet, model.vae, model.text_encoder):
             m.to(dtype)
         model.dtype = dtype
+
+
+def dream_model(
+    model: str | SDModel,
+    *,
+    device: str | None = None,
+    precision: str = "fp16",
+    keep_loaded: bool = False,
+) -> SDModel:
+    """The model to dream with: a loaded one as given (its weights moved in place to ``precision``'s
+    dtype), or a source loaded by :func:`load_model`. ``keep_loaded`` keeps a loaded source for the
+    next call, one model at a time (:func:`cached_model`: the studio's case); ``device`` applies to
+    sources only."""
+    if not isinstance(model, str):
+        _ensure_dtype(model, precision)
+        return model
+    load = cached_model if keep_loaded else load_model
+    return load(model, device=device, precision=precision)
+
+
+def _checked(
+    preset: str | Preset,
+    seeds: str | int | Iterable[int],
+    overrides: dict[str, Any] | None,
+    unlock: bool | Iterable[str],
+    recipe: Recipe | None,
+    batch_size: int,
+) -> tuple[list[int], Recipe]:
+    """What needs no model, checked first: the seeds, the recipe (the preset's locks), the batch size."""
+    seed_list = parse_seeds(seeds)
+    if recipe is None:
+        recipe = resolve(load_preset(preset) if isinstance(preset, str) else preset, "dream", overrides, unlock)
+    if not isinstance(batch_size, int) or not 1 <= batch_size <= 64:
+        raise DreamyError(f"Batch size must be between 1 and 64, got {batch_size!r}.")
+    return seed_list, recipe
+
+
+def _contact_sheet(results: list[DreamImage], out_dir: str | Path) -> Path | None:
+    """``out_dir/contact-sheet.png`` of several results, labelled by seed; None for one picture."""
+    if len(results) < 2:
+        return None
+    return write_contact_sheet(results, Path(out_dir) / SHEET_NAME)
 
 
 def _generic_batches(
@@ -98,20 +143,48 @@ def dream_iter(
 ) -> Iterator[DreamImage]:
     """Yield one DreamImage per seed as soon as its batch is decoded (and saved, with ``out_dir``).
 
-    The recipe comes from ``preset`` + ``overrides`` (locks enforced), or is given whole (recall).
-    ``fast``: the CUDA fast path (dreamy.dreaming.fast) - None: on where it is supported unless
-    ``DREAMY_FAST=0``; False: never (the generic loop); True: on, overriding ``DREAMY_FAST=0``;
-    "graph" or "compile": that level (see dreamy/fast/policy.py).
+    A generator: nothing is checked or loaded until the first ``next()``.
+
+    Inputs:
+
+    - ``model``: a loaded :class:`SDModel` (its weights are moved in place to the recipe's dtype;
+      ``device`` is then ignored) or a source string for :func:`load_model` ('tiny', a hub id, a
+      diffusers folder, a .safetensors/.ckpt file, a Train checkpoint).
+    - ``seeds``: an int, an iterable of ints, or a string such as ``"7"``, ``"0-15"``, ``"1,5,9"``,
+      ``"100-200:10"`` (:func:`dreamy.recipes.seeds.parse_seeds`); each from 0 to 2**32 - 1
+      (A1111's range), at most 100,000 per call, yielded in the order given, duplicates dropped.
+    - The recipe comes from ``preset`` + ``overrides`` (locks enforced; ``unlock`` lifts them), or is
+      given whole as ``recipe`` (recall). ``width``/``height`` are pixels, 64 to 2048, multiples of 8.
+    - ``batch_size``: 1 to 64 seeds per UNet batch; a seed's picture does not depend on it.
+    - ``device``: None/"auto" picks CUDA, then Apple's MPS, then the CPU. The compute dtype is the
+      recipe's ``precision`` (fp16 by default) on CUDA, fp32 always on the CPU, fp16 for bf16 on MPS.
+    - ``fast``: the CUDA fast path (dreamy.dreaming.fast) - None: on where it is supported unless
+      ``DREAMY_FAST=0``; False: never (the generic loop); True: on, overriding ``DREAMY_FAST=0``;
+      "graph" (bit-exact with the generic loop) or "compile" (torch.compile: other bits, recorded in
+      the recipe's runtime as its ``path``); see dreamy/dreaming/fast/policy.py.
+    - ``on_progress`` gets ``Progress("dream", step, steps, item=first seed index, items=seeds)``
+      after every sampler step (after every batch on the fast path).
+
+    Each seed's starting latents, shape (1, 4, height/8, width/8), are standard normal draws from its
+    own CPU ``torch.Generator`` seeded with it, as stock diffusers' ``randn_tensor`` draws them; the
+    loop then follows stock ``StableDiffusionPipeline`` (see :mod:`dreamy.dreaming.blocks`), so on
+    the CPU a seed gives stock's picture bit for bit.
+
+    Yields :class:`DreamImage`: ``image`` is an 8-bit RGB PIL image of ``width`` x ``height`` px;
+    ``recipe`` is the run's recipe with the seed, the model's :class:`ModelRef` (source, kind,
+    sha256) and ``runtime`` (device, dtype, library versions, ``vae_upcast`` when a half-precision
+    decode overflowed and was redone in fp32); ``path`` is the PNG (named by :func:`image_name`, e.g.
+    ``seed000007.png``, with the recipe in its text chunk) or None without ``out_dir``.
+
+    Raises (all :class:`DreamyError`): SeedSyntaxError (seeds), PresetError / LockedFieldError
+    (preset, overrides), DreamyError (batch size, device), SourceError (model), OutputError (a PNG
+    could not be written; earlier ones are kept), Cancelled (``cancel`` set: checked before every
+    step, or every batch on the fast path; pictures already yielded stay). Running out of memory is
+    torch's own error here; :func:`dreamy.errors.user_error` turns it into OutOfMemory (the CLI and
+    the studio do).
     """
-    seed_list = parse_seeds(seeds)
-    if recipe is None:
-        recipe = resolve(load_preset(preset) if isinstance(preset, str) else preset, "dream", overrides, unlock)
-    if not isinstance(batch_size, int) or not 1 <= batch_size <= 64:
-        raise DreamyError(f"Batch size must be between 1 and 64, got {batch_size!r}.")
-    if isinstance(model, str):
-        model = load_model(model, device=device, precision=recipe.settings.precision)
-    else:
-        _ensure_dtype(model, recipe.settings.precision)
+    seed_list, recipe = _checked(preset, seeds, overrides, unlock, recipe, batch_size)
+    model = dream_model(model, device=device, precision=recipe.settings.precision)
     if model.is_demo:
         log.warning("Dreaming with the %s.", model.ref.label)
     from . import fast as fast_path
@@ -144,14 +217,52 @@ def dream(
     contact_sheet: bool = True,
     **kwargs: Any,
 ) -> list[DreamImage]:
-    """Dream every seed; with ``out_dir``, also write a labelled contact sheet of the sweep."""
-    from .contact_sheet import write_contact_sheet
+    """Dream every seed and return the list: :func:`dream_iter`'s results, in the seeds' order.
 
+    ``kwargs`` are :func:`dream_iter`'s (``overrides``, ``unlock``, ``out_dir``, ``batch_size``,
+    ``device``, ``on_progress``, ``cancel``, ``fast``); so are the inputs' units and ranges and the
+    errors raised. With ``out_dir`` and more than one seed, a labelled contact sheet of the sweep is
+    also written there as ``contact-sheet.png`` (unless ``contact_sheet=False``).
+    """
     results = list(dream_iter(model, preset, seeds, **kwargs))
     out_dir = kwargs.get("out_dir")
-    if contact_sheet and out_dir is not None and len(results) > 1:
-        write_contact_sheet(results, Path(out_dir) / "contact-sheet.png")
+    if contact_sheet and out_dir is not None:
+        _contact_sheet(results, out_dir)
     return results
+
+
+def dream_stream(
+    model: str | SDModel,
+    preset: str | Preset = "biased-dreams",
+    seeds: str | int | Iterable[int] = "0",
+    *,
+    out_dir: str | Path,
+    overrides: dict[str, Any] | None = None,
+    unlock: bool | Iterable[str] = (),
+    batch_size: int = 1,
+    device: str | None = None,
+    keep_loaded: bool = False,
+    on_progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+    fast: bool | str | None = None,
+) -> Iterator[Landed | Ended]:
+    """A whole dream as one stream (the studio's Dream): :class:`Landed` per picture as it is
+    written into ``out_dir``, then :class:`Ended` with its sheet, ``out_dir/contact-sheet.png``
+    (:func:`dream`'s) or, for one seed, the picture's own PNG.
+
+    A generator, checked in this order on the first ``next()``: the seeds, the preset's locks and
+    the batch size, then the model is loaded (``keep_loaded``: kept for the next call, see
+    :func:`dream_model`), so a refusal costs no loading. ``cancel`` ends the stream at the next step
+    without raising: the finished pictures get their sheet and ``Ended.stopped`` is True (nothing
+    finished: ``Ended.sheet`` is None). The other arguments, their units and errors are
+    :func:`dream_iter`'s.
+    """
+    seed_list, recipe = _checked(preset, seeds, overrides, unlock, None, batch_size)
+    loaded = dream_model(model, device=device, precision=recipe.settings.precision, keep_loaded=keep_loaded)
+    out = Path(out_dir)
+    pictures = dream_iter(loaded, seeds=seed_list, recipe=recipe, out_dir=out, batch_size=batch_size,
+                          on_progress=on_progress, cancel=cancel, fast=fast)
+    yield from stream(pictures, len(seed_list), lambda done: _contact_sheet(done, out) or done[0].path)
 
 
 def check_recipe_against_preset(recipe: Recipe) -> None:
@@ -180,11 +291,32 @@ def recall(
     model: str | SDModel | None = None,
     device: str | None = None,
     allow_model_change: bool = False,
+    keep_loaded: bool = False,
+    check_source: Callable[[str], str] | None = None,
 ) -> DreamImage:
-    """Re-create an image from the recipe in its PNG (bit-identical on the same device and dtype)."""
+    """Re-create an image from the recipe in its PNG: the same seed, settings and model.
+
+    The result is bit-identical on the same device, dtype and library versions (the recipe's
+    ``runtime`` records them; the fast path's "compile" level excepted). ``device`` None means the
+    device the picture was made on when this machine has one (else the default, with a warning); the
+    dtype follows the recipe's ``precision`` as in :func:`dream_iter` (fp32 on the CPU). ``model``
+    None loads the recipe's model source (``keep_loaded``: kept for the next call, see
+    :func:`dream_model`); a given model (source or loaded) must have the recipe's sha256 unless
+    ``allow_model_change``. A PNG is untrusted: ``check_source`` (say, the studio's "only its own
+    folders") vets the source it names before that is loaded, returning the source to load or raising. With ``out_dir`` the PNG is written again, with its recipe.
+
+    Returns one :class:`DreamImage` (8-bit RGB PIL image). Raises RecallError when the file is
+    missing, not a readable PNG, carries no Dreamy recipe (or another tool's parameters), holds a
+    malformed recipe or one that is not a dream with a seed and a model, when a locked field differs
+    from the installed preset without being recorded as unlocked, or when the model's hash differs;
+    otherwise whatever :func:`load_model` and :func:`dream_iter` raise (SourceError, OutputError...).
+    """
     recipe = read_recipe(Path(png))
     if recipe.job != "dream" or recipe.seed is None or recipe.model is None:
-        raise RecallError(f"'{png}' holds a {recipe.job} recipe without a seed or model; only dreamed images can be recalled.")
+        raise RecallError(f"'{Path(png).name}' holds a {recipe.job} recipe without a seed or model; only dreamed "
+                          "images can be recalled.")
+    if model is None:  # the PNG's own source: vetted before anything else
+        model = recipe.model.source if check_source is None else check_source(recipe.model.source)
     check_recipe_against_preset(recipe)
     if device is None:
         wanted = recipe.runtime.get("device", "cpu")
@@ -194,8 +326,7 @@ def recall(
         except DreamyError:
             log.warning("The image was made on %s, which this machine lacks; recalling on the default device.", wanted)
             device = None
-    if model is None:
-        model = load_model(recipe.model.source, device=device, precision=recipe.settings.precision)
+    model = dream_model(model, device=device, precision=recipe.settings.precision, keep_loaded=keep_loaded)
     if model.ref.sha256 != recipe.model.sha256 and not allow_model_change:
         raise RecallError(
             f"The model '{recipe.model.source}' has changed since the image was made (hash {model.ref.short_hash}, "

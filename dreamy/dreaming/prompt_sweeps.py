@@ -1,8 +1,8 @@
 """Prompt sweeps: a list of prompt variants (say, one artist per line) x the same seeds, as a labelled grid.
 
-Each variant is a dream recipe of its own, resolved through the preset's locks before any work:
-the package deal locks the prompt, so a sweep needs the prompt unlocked, and every image records
-its change from the preset's prompt.
+Each variant is a dream recipe of its own, every one resolved through the preset's locks before any
+model is loaded: the package deal locks the prompt, so a sweep needs the prompt unlocked, and every
+image records its change from the preset's prompt.
 """
 
 from __future__ import annotations
@@ -13,16 +13,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..atomic import atomic_write_text
 from ..errors import DreamyError
 from ..events import CancelToken, Progress, ProgressCallback
 from ..png.metadata import save_png
 from ..recipes.presets import Preset, load_preset
-from ..recipes.recipe import resolve
+from ..recipes.recipe import Recipe, resolve
 from ..recipes.seeds import parse_seeds
 from .contact_sheet import grid
+from .streams import Ended, Landed, stream
 
 MAX_VARIANTS = 64
 GRID_NAME = "prompt-grid.png"
+PROMPTS_NAME = "prompts.json"
 
 
 @dataclass
@@ -43,6 +46,60 @@ def expand_prompts(text: str, base_prompt: str) -> list[str]:
     return variants
 
 
+@dataclass
+class _Plan:
+    prompts: list[str]
+    seeds: list[int]
+    recipes: list[Recipe]  # one per variant, through the preset's locks
+
+
+def _plan(
+    preset: str | Preset,
+    prompts: str | list[str],
+    seeds: str | Iterable[int],
+    overrides: dict[str, Any] | None,
+    unlock: bool | Iterable[str],
+) -> _Plan:
+    """Every variant through the preset's locks, with the seeds: all checked before any model is loaded."""
+    preset = load_preset(preset) if isinstance(preset, str) else preset
+    if isinstance(prompts, str):
+        prompts = expand_prompts(prompts, preset.dream.prompt)
+    seed_list = parse_seeds(seeds)
+    overrides = {k: v for k, v in (overrides or {}).items() if k != "prompt"}
+    recipes = [resolve(preset, "dream", {**overrides, "prompt": p}, unlock) for p in prompts]
+    return _Plan(list(prompts), seed_list, recipes)
+
+
+def _cells(
+    model: Any,
+    plan: _Plan,
+    out_dir: str | Path,
+    device: str | None,
+    keep_loaded: bool,
+    on_progress: ProgressCallback | None,
+    cancel: CancelToken | None,
+) -> Iterator[SweepCell]:
+    from .dreams import dream_iter, dream_model
+
+    prompts, seed_list = plan.prompts, plan.seeds
+    model = dream_model(model, device=device, precision=plan.recipes[0].settings.precision, keep_loaded=keep_loaded)
+    out = Path(out_dir)
+    listed = False
+    for row, (prompt, recipe) in enumerate(zip(prompts, plan.recipes, strict=True)):
+        def relay(p: Progress, row: int = row) -> None:
+            if on_progress is not None:
+                on_progress(Progress("sweep", p.step, p.steps, item=row * len(seed_list) + p.item,
+                                     items=len(prompts) * len(seed_list),
+                                     message=f"variant {row + 1} of {len(prompts)}, {p.message}"))
+
+        for img in dream_iter(model, seeds=seed_list, recipe=recipe, out_dir=out / f"{row:02d}",
+                              on_progress=relay, cancel=cancel):
+            if not listed:
+                atomic_write_text(out / PROMPTS_NAME, json.dumps(prompts, indent=1))
+                listed = True
+            yield SweepCell(row, prompt, img)
+
+
 def prompt_sweep_iter(
     model: Any,
     preset: str | Preset,
@@ -52,29 +109,47 @@ def prompt_sweep_iter(
     *,
     overrides: dict[str, Any] | None = None,
     unlock: bool | Iterable[str] = (),
+    device: str | None = None,
+    keep_loaded: bool = False,
     on_progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
 ) -> Iterator[SweepCell]:
-    """Dream every variant x seed into ``out_dir/NN/seed*.png``, yielding each cell as it lands."""
-    from .dreams import dream_iter
+    """Dream every variant x seed into ``out_dir/NN/seed*.png``, yielding each cell as it lands.
 
-    preset = load_preset(preset) if isinstance(preset, str) else preset
-    if isinstance(prompts, str):
-        prompts = expand_prompts(prompts, preset.dream.prompt)
-    seed_list = parse_seeds(seeds)
-    overrides = {k: v for k, v in (overrides or {}).items() if k != "prompt"}
-    recipes = [resolve(preset, "dream", {**overrides, "prompt": p}, unlock) for p in prompts]  # locks first
-    out = Path(out_dir)
-    for row, (prompt, recipe) in enumerate(zip(prompts, recipes, strict=True)):
-        def relay(p: Progress, row: int = row) -> None:
-            if on_progress is not None:
-                on_progress(Progress("sweep", p.step, p.steps, item=row * len(seed_list) + p.item,
-                                     items=len(prompts) * len(seed_list),
-                                     message=f"variant {row + 1} of {len(prompts)}, {p.message}"))
+    Checked when called, before any model is loaded: the preset, the variants (``prompts``: a list,
+    or text for :func:`expand_prompts`), the seeds and every variant's recipe through the preset's
+    locks, so a locked change is refused at once. ``model`` is a loaded SDModel or a source, loaded
+    once on the first ``next()`` (``keep_loaded``/``device``: see :func:`dreamy.dreaming.dreams.dream_model`).
+    ``out_dir/prompts.json`` lists the variants (row ``NN`` is entry NN); it is written with the first
+    image, so a sweep refused or stopped before any image leaves its folder empty."""
+    plan = _plan(preset, prompts, seeds, overrides, unlock)
+    return _cells(model, plan, out_dir, device, keep_loaded, on_progress, cancel)
 
-        for img in dream_iter(model, seeds=seed_list, recipe=recipe, out_dir=out / f"{row:02d}",
-                              on_progress=relay, cancel=cancel):
-            yield SweepCell(row, prompt, img)
+
+def prompt_sweep_stream(
+    model: Any,
+    preset: str | Preset,
+    prompts: str | list[str],
+    seeds: str | Iterable[int],
+    out_dir: str | Path,
+    *,
+    overrides: dict[str, Any] | None = None,
+    unlock: bool | Iterable[str] = (),
+    device: str | None = None,
+    keep_loaded: bool = False,
+    on_progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+) -> Iterator[Landed | Ended]:
+    """A whole prompt sweep as one stream (the studio's): :class:`Landed` per :class:`SweepCell`, then
+    :class:`Ended` with the labelled grid ``out_dir/prompt-grid.png`` (:func:`write_prompt_grid`).
+
+    A generator: on the first ``next()`` everything is checked as in :func:`prompt_sweep_iter`
+    before the model is loaded. ``cancel`` ends it at the next step without raising: the grid shows
+    the cells that finished and ``Ended.stopped`` is True."""
+    plan = _plan(preset, prompts, seeds, overrides, unlock)
+    cells = _cells(model, plan, out_dir, device, keep_loaded, on_progress, cancel)
+    yield from stream(cells, len(plan.prompts) * len(plan.seeds),
+                      lambda done: write_prompt_grid(done, Path(out_dir) / GRID_NAME))
 
 
 def _short(text: str, n: int = 28) -> str:

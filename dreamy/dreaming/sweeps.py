@@ -37,6 +37,7 @@ from .contact_sheet import grid
 
 PAGE = 100  # seeds per contact-sheet page
 GRID_SEEDS = 16  # seeds per row of the checkpoint x seed grid
+GRID_NAME = "grid.png"
 
 
 def expand_models(specs: Iterable[str], steps: str | None = None) -> list[str]:
@@ -112,7 +113,10 @@ def sweep(
     cancel: CancelToken | None = None,
     fast: bool | str | None = None,
 ) -> dict[str, Any]:
-    """Dream every (model, seed) once; returns the merged manifest (main process) or this rank's part."""
+    """Dream every (model, seed) once; returns the merged manifest (main process) or this rank's part.
+
+    The main process's result also names what it drew: ``sheets``, each model's contact sheets (pages
+    of 100 seeds), and ``grid``, the checkpoint x seed grid (``out_dir/grid.png``; None for one model)."""
     from ..models.sources import load_model
     from ..recipes.presets import load_preset
     from ..recipes.recipe import resolve
@@ -165,8 +169,10 @@ def sweep(
         return {"written": written}
     manifest = merge_manifests(plan.out)
     t = time.perf_counter()
-    write_sheets(plan)
+    drawn = write_sheets(plan)
     manifest["sheets_s"] = round(time.perf_counter() - t, 3)
+    manifest["grid"] = plan.out / GRID_NAME if len(plan.models) > 1 else None
+    manifest["sheets"] = [p for p in drawn if p != manifest["grid"]]
     return manifest
 
 
@@ -228,5 +234,5 @@ def write_sheets(plan: SweepPlan) -> list[Path]:
                         cells.append((f"seed {s}", im.convert("RGB")))
                 else:
                     cells.append((f"seed {s} (missing)", Image.new("RGB", (8, 8))))
-        written.append(save_png(grid(cells, columns=len(seeds), cell=128, row_labels=rows), plan.out / "grid.png"))
+        written.append(save_png(grid(cells, columns=len(seeds), cell=128, row_labels=rows), plan.out / GRID_NAME))
     return written

@@ -1,4 +1,5 @@
-"""SUPIR enlargement on diffusers' SDXL, numerically equal to the official implementation.
+"""Enlarge: restore and upscale one picture with SUPIR (``enlarge()``), a preset's recipe in and a PNG
+that carries it out, on diffusers' SDXL and numerically equal to the official implementation.
 
 Modules, one concern each:
 
@@ -10,12 +11,13 @@ Modules, one concern each:
   as it sees it;
 - ``stage1``: the denoise encoder, the stage-1 latent and its reference image;
 - ``colourfix``: wavelet / AdaIN colour correction;
-- ``tiled_sampler``, ``tiled_vae``: the memory-bounded variants;
+- ``tiled_sampler``, ``tiled_vae``: the memory-bounded variants; ``gpu``: when to use them, and the
+  attention kernel;
 - ``restore``: one restoration from upscaled picture to colour-fixed result;
 - ``resize``, ``sources``, ``backbone``, ``models``, ``tiny``: the input as SUPIR's demo prepares it,
   where the weights come from, and the offline demo model;
-- ``pipeline``: ``enlarge()``, the whole job with locks, progress, cancel and the PNG recipe;
-  ``cli``: ``python -m dreamy enlarge``.
+- ``pipeline``: ``enlarge()``, the whole job with locks, progress, cancel and the PNG recipe
+  (``python -m dreamy enlarge`` is dreamy/cli/enlarge.py).
 
 Names are imported on first use, so ``python -m dreamy --help`` does not load torch and diffusers.
 """

@@ -12,7 +12,7 @@ import dataclasses
 import hashlib
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,6 +54,28 @@ class EnlargeResult:
     upscaled: Image.Image  # the input after the Lanczos upscale: the "before" of a before/after view
     stage1: Image.Image  # SUPIR's stage-1 reconstruction, the colour fix's reference
     notes: list[str] = field(default_factory=list)  # what was done to the input (EXIF rotation, alpha ...)
+
+
+@dataclass(frozen=True)
+class EnlargeJob:
+    """One enlargement as ``enlarge()`` has checked and resolved it: everything ``_run`` needs.
+
+    A retry is the same job with other fields (``dataclasses.replace``), e.g. ``tiled=True``.
+    """
+
+    picture: Image.Image  # the input as 8-bit RGB (see _read_input)
+    size: tuple[int, int]  # output (width, height) in pixels, multiples of 32 (resize.target_size)
+    latent: tuple[int, int]  # latent (height, width): size // 8
+    tiled: bool  # tiled sampling and VAE (models.sampling_tiles / vae_tiles), or the whole latent at once
+    recipe: Recipe  # resolved "enlarge" recipe; recipe.settings is the EnlargeSettings
+    models: EnlargeModels
+    input_info: dict[str, Any]  # what the recipe records about the input (name, sha256, size, notes)
+    notes: list[str]  # what was done to the input, returned in EnlargeResult.notes
+    seed: int  # 0 <= seed < 2**32; seeds the CPU generator for stage 1 and sampling
+    out_dir: str | os.PathLike | None  # None: a new run folder (layout.new_run_dir("enlarge"))
+    report: Callable[[int, str], None]  # (step, message) -> on_progress, if any
+    check: Callable[[], None]  # raises Cancelled once the cancel token is set
+    cancel: CancelToken | None
 
 
 def sampler_settings(s: EnlargeSettings) -> SamplerSettings:
@@ -144,13 +166,42 @@ def enlarge(
 ) -> EnlargeResult:
     """Enlarge one picture with SUPIR and the preset's ``[enlarge]`` recipe; write it as a PNG with the recipe.
 
-    ``overrides`` change settings (locked ones only with ``unlock``); ``supir`` / ``base`` pick the
-    weights (None: the recipe's models, or the offline tiny demo when they are not downloaded);
+    The steps are the official SUPIR demo's (``gradio_demo.py --no_llava``, no LLaVA captions).
+
+    Input: ``image_path`` is an image file (JPEG, PNG, WebP, ...: images.py; its EXIF rotation is
+    applied and it may hold at most 64 megapixels) or a PIL image; either becomes 8-bit RGB with
+    transparency flattened on white, and must be at least 64 px on each side. Output size: each side
+    times ``upscale`` (1 to 8), the short side raised to 1024 px if shorter (SUPIR's minimum; 64 for
+    the tiny demo), each side rounded to a multiple of 32 as SUPIR does (resize.py), and at most
+    4096 x 4096 px (16.8 MP) in all.
+
+    The settings are the preset's ``[enlarge]`` table; ``overrides`` change them (locked ones only
+    with ``unlock``). biased-dreams: SUPIR-v0Q on Juggernaut XL v9, x4, 30 steps, CFG ramped linearly
+    4 -> 3, control scale 0.9, churn 5, noise 1.003, wavelet colour fix, fp16 (EnlargeSettings: the
+    official demo's "Quality" settings with the recipe's own choices). ``supir`` / ``base`` pick the
+    weights (a hub id, a file or 'tiny'; None: ``$DREAMY_SUPIR`` / ``$DREAMY_SDXL``, then the recipe's
+    models, or the offline tiny demo when those are not downloaded); ``models`` reuses loaded ones.
+    ``device``: None picks CUDA, then MPS, then the CPU. Dtypes follow SUPIR's demo on CUDA: the UNet
+    and control parts in the recipe's ``precision`` (fp16), VAE and denoise encoder in bf16, text
+    encoders fp32 under bf16 autocast; on the CPU everything is fp32 (models.py).
     ``tiled`` None samples the whole latent at once where the GPU has the memory (up to 2048 px,
-    as SUPIR's demo does) and tiles sampling and the VAE otherwise (gpu.py);
-    ``seed`` makes the result reproducible on a given device and dtype. Raises ``Cancelled`` when
-    ``cancel`` is set (nothing is written), and a ``DreamyError`` with one sentence for bad input,
-    locked settings, missing models and out-of-memory.
+    as SUPIR's demo does) and tiles sampling and the VAE otherwise (gpu.py); if that untiled run
+    runs out of GPU memory it is redone tiled (a different result for the same seed), with a note.
+    ``seed`` (0 to 2**32 - 1) seeds one CPU ``torch.Generator`` for stage 1 and sampling, so the
+    result is reproducible on a given device, dtype and tiling. ``on_progress`` gets
+    ``Progress("enlarge", step, steps, message=...)``.
+
+    Returns :class:`EnlargeResult`: the PNG's ``path`` (``<input stem>-x<upscale>-seed<seed:06d>.png``
+    in ``out_dir``, else a new run folder), the 8-bit RGB ``image``, the ``recipe`` written into it
+    (model, seed and runtime: device, dtypes, tiling, attention, input hash), ``upscaled`` (the input
+    resized to the output size with SUPIR's filter, Lanczos when enlarging) and ``stage1`` (SUPIR's
+    stage-1 reconstruction), both 8-bit RGB at the output size, and ``notes`` about the input.
+
+    Raises (all :class:`DreamyError`, one sentence each): ImageError (unreadable, too small or too
+    large input), PresetError / LockedFieldError (preset, overrides), SourceError (models missing,
+    corrupt, or SUPIR and base not matching), DreamyError (seed, output over the size limit, a
+    device not present, sampling that overflowed to NaN/inf), OutOfMemory, OutputError (the PNG
+    could not be written), Cancelled (``cancel`` set; nothing is written).
     """
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
         raise DreamyError(f"The seed must be a whole number from 0 to {2**32 - 1}, got {seed!r}.")
@@ -179,18 +230,19 @@ def enlarge(
     if auto:
         tiled = not untiled_fits(models.device, latent, models.sampling_tiles.size)
     try:
+        job = EnlargeJob(picture=picture, size=size, latent=latent, tiled=bool(tiled), recipe=recipe,
+                         models=models, input_info=input_info, notes=notes, seed=seed, out_dir=out_dir,
+                         report=report, check=check, cancel=cancel)
         try:
-            return _run(picture, size, latent, bool(tiled), recipe, models, input_info, notes, seed, out_dir, report,
-                        check, cancel)
+            return _run(job)
         except Exception as e:
             if not (auto and not tiled and is_out_of_memory(e)):
                 raise
         # the automatic choice misjudged the memory: the same job tiled (another seed-for-seed result)
         log.warning("Untiled sampling ran out of GPU memory; enlarging in tiles instead.")
         free_memory()
-        notes = [*notes, "untiled sampling ran out of GPU memory: tiled instead"]
-        return _run(picture, size, latent, True, recipe, models, input_info, notes, seed, out_dir, report, check,
-                    cancel)
+        retry_notes = [*notes, "untiled sampling ran out of GPU memory: tiled instead"]
+        return _run(dataclasses.replace(job, tiled=True, notes=retry_notes))
     except Exception as e:
         err = user_error(e, "enlarge")
         if isinstance(err, OutOfMemory):
@@ -199,11 +251,9 @@ def enlarge(
 
 
 @torch.no_grad()
-def _run(picture, size, latent, tiled, recipe, models: EnlargeModels, input_info, notes, seed, out_dir, report, check,
-         cancel) -> EnlargeResult:
-    with preferred_attention(models.device) as attention:
-        return _restore(picture, size, latent, tiled, recipe, models, input_info, notes, seed, out_dir, report, check,
-                        cancel, attention)
+def _run(job: EnlargeJob) -> EnlargeResult:
+    with preferred_attention(job.models.device) as attention:
+        return _restore(job, attention)
 
 
 def _phase_boundary(models: EnlargeModels) -> None:
@@ -213,10 +263,10 @@ def _phase_boundary(models: EnlargeModels) -> None:
         torch.cuda.empty_cache()
 
 
-def _restore(picture, size, latent, tiled, recipe, models: EnlargeModels, input_info, notes, seed, out_dir, report,
-             check, cancel, attention: str) -> EnlargeResult:
-    s: EnlargeSettings = recipe.settings
-    upscaled = upscale(picture, size, s.upscale)
+def _restore(job: EnlargeJob, attention: str) -> EnlargeResult:
+    models, size, tiled, seed, report, check = job.models, job.size, job.tiled, job.seed, job.report, job.check
+    s: EnlargeSettings = job.recipe.settings
+    upscaled = upscale(job.picture, size, s.upscale)
     check()
     cond, uncond = models.conditioning(s.positive_prompt, s.negative_prompt)
     sampler = sampler_settings(s)
@@ -233,12 +283,12 @@ def _restore(picture, size, latent, tiled, recipe, models: EnlargeModels, input_
     model = SupirEpsilon(models.supir.control, models.supir.unet, cond, uncond)
     if sampling_tiles is None:
         report(0, f"sampling: {s.steps} steps")
-        watched = _Watched(model, report, cancel, 1, 1)
+        watched = _Watched(model, report, job.cancel, 1, 1)
         result = restore_sample(watched, stage1.latent, sampler, generator, stage1.center, watched.step_done)
     else:
-        tiles = len(sliding_windows(*latent, sampling_tiles.size, sampling_tiles.stride))
+        tiles = len(sliding_windows(*job.latent, sampling_tiles.size, sampling_tiles.stride))
         report(0, f"sampling: {s.steps} steps of {tiles} tiles")
-        watched = _Watched(model, report, cancel, tiles, sampling_tiles.per_batch)
+        watched = _Watched(model, report, job.cancel, tiles, sampling_tiles.per_batch)
         result = restore_sample_tiled(watched, stage1.latent, sampler, generator, stage1.center, sampling_tiles.size,
                                       sampling_tiles.stride, sampling_tiles.per_batch, watched.step_done)
     check()
@@ -255,7 +305,7 @@ def _restore(picture, size, latent, tiled, recipe, models: EnlargeModels, input_
     report(s.steps, "saving")
 
     runtime = runtime_info(models) | {
-        "input": input_info,
+        "input": job.input_info,
         "output_size": list(size),
         "min_side": models.min_side,
         "tiled": tiled,
@@ -263,12 +313,12 @@ def _restore(picture, size, latent, tiled, recipe, models: EnlargeModels, input_
         "sampling_tiles": dataclasses.asdict(sampling_tiles) if sampling_tiles else None,
         "vae_tiles": dataclasses.asdict(vae_tiles) if vae_tiles else None,
     }
-    final = recipe.replace(model=models.supir_ref, seed=seed, runtime=runtime)
-    out = Path(out_dir) if out_dir is not None else _default_dir()
-    stem = Path(safe_filename(input_info["name"] or "picture.png")).stem
+    final = job.recipe.replace(model=models.supir_ref, seed=seed, runtime=runtime)
+    out = Path(job.out_dir) if job.out_dir is not None else _default_dir()
+    stem = Path(safe_filename(job.input_info["name"] or "picture.png")).stem
     path = save_png(enlarged, out / f"{stem}-x{s.upscale:g}-seed{seed:06d}.png", final)
     report(s.steps, f"saved {path.name}")
-    return EnlargeResult(path, enlarged, final, upscaled, to_image(stage1.reference), notes)
+    return EnlargeResult(path, enlarged, final, upscaled, to_image(stage1.reference), job.notes)
 
 
 def _default_dir() -> Path:

@@ -22,7 +22,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ..errors import SourceError
+from ..errors import TokenizerMissing
 from .clip_vocab import EOS, _write, write_bpe_tokenizer
 from .tiny import cache_root
 
@@ -53,14 +53,10 @@ HOW_TO_GET = (
 _BPE_PACKAGES = ("open_clip", "clip")
 
 
-class TokenizerMissing(SourceError):
-    """No cached copy of the CLIP tokenizer and nothing installed to build it from."""
-
-
 def clip_tokenizer_dir(pad_token: str = EOS) -> Path:
     """A folder that ``CLIPTokenizer.from_pretrained`` loads as the real CLIP tokenizer.
 
-    Never touches the network; raises :class:`SourceError` when no source is installed.
+    Never touches the network; raises :class:`TokenizerMissing` (a SourceError) when no source is installed.
     """
     cached = _hub_cached_dirs()
     for folder, pad in cached:

@@ -151,8 +151,37 @@ def load_model(
 ) -> SDModel:
     """Load a Stable Diffusion model from any source, on ``device`` with the dtype policy applied.
 
-    ``config_dir`` (single files only) replaces the shipped SD1.5 component configs, for checkpoints
-    of a non-standard architecture such as the tiny demo model.
+    ``spec`` is one of (see :func:`classify`):
+
+    - ``"tiny"``: the offline demo, a tiny SD1.x-shaped model with seeded random weights (it paints
+      noise), generated once under ``$DREAMY_CACHE`` (default ``~/.cache/dreamy``);
+    - a Hugging Face hub id (``owner/name``): a diffusers repo, fetched into the hub cache - only the
+      fp32 ``.safetensors`` of unet, vae and text_encoder plus configs and tokenizer (no ``*.fp16.*``,
+      non-EMA or EMA variants); a cached copy is used offline;
+    - a local diffusers folder (``unet/``, ``vae/``, ``text_encoder/``, ``tokenizer/``);
+    - one ``.safetensors`` / ``.ckpt`` / ``.pt`` / ``.pth`` file (an A1111-style checkpoint), converted
+      to diffusers components with the configs shipped in dreamy/models/configs (``config_dir``
+      replaces them, for a non-standard architecture such as the tiny demo's);
+    - a Train checkpoint folder: its base model is loaded (by the source its metadata names) and the
+      trained parts replace the base's.
+
+    ``device``: None/"auto" picks CUDA, then Apple's MPS, then the CPU; a ``torch.device`` is used as
+    is. ``precision`` ("fp16", "bf16" or "fp32") is the weights' and the compute dtype on an
+    accelerator; the CPU always gets fp32, and MPS gets fp16 for bf16 (models/devices.py). The
+    weights are loaded in that dtype, moved to the device and put in eval mode without gradients (the
+    tokenizer is CPU-side). ``expected_arch`` is the architecture the caller needs, "sd15" (what an
+    :class:`SDModel` holds); a model of another one (SDXL) is refused with a SourceError saying so.
+
+    Returns an :class:`SDModel` whose ``ref`` is a :class:`ModelRef`: the source as given, its kind
+    ("tiny", "hub", "folder" or "file"), a sha256 (of the file for single files, as A1111's "Model
+    hash"; for folders, of the list of component files and their sha256), a label and the Train
+    checkpoint step when there is one.
+
+    Raises SourceError with one sentence for every source problem (empty or unknown spec, missing
+    path, wrong suffix, not a model or an incomplete one, a LoRA/VAE/embedding/SD2.x file, gated or
+    unknown hub repo, hub unreachable and nothing cached, the wrong architecture, no CLIP tokenizer
+    for a single file, a Train checkpoint whose base changed), and DreamyError for a device that is
+    unknown or not present.
     """
     spec = str(spec)
     device = device if isinstance(device, torch.device) else pick_device(device)

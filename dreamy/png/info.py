@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DreamyError
-from ..recipes.recipe import Recipe
+from ..recipes.presets import list_presets
+from ..recipes.recipe import Recipe, locked_changes
 from .metadata import CHUNK, parse_a1111, read_recipe, read_text_chunks
 
 _SIZE = re.compile(r"^\s*(\d{2,5})\s*x\s*(\d{2,5})\s*$")
@@ -76,3 +77,25 @@ def describe_png(path: str | Path) -> PngSummary:
     return PngSummary("foreign", parameters=params, values=values, seed=seed if seed is not None and seed >= 0 else None,
                       message=f"'{path.name}' was made by another tool; its parameters are shown, and can be "
                               "dreamed again here, but not re-created exactly.")
+
+
+@dataclass
+class DreamForm:
+    """What a dropped PNG puts back into the Dream form."""
+
+    preset: str  # the PNG's preset when it is installed here, else the one the form had
+    values: dict[str, Any]  # dream settings (prompt, guidance, size...) as far as the file gives them
+    seed: int | None
+    model: str | None  # the model source the file names (unchecked: the caller vets it)
+    unlock: list[str]  # the preset's locked fields that these values change: they need unlocking
+
+
+def dream_form(path: str | Path, preset: str) -> DreamForm:
+    """A PNG's settings for the Dream form, under its own preset if installed (else ``preset``).
+
+    Raises DreamyError when the file is not a readable PNG or carries no recipe or parameters."""
+    info = describe_png(path)
+    if info.kind == "none":
+        raise DreamyError(info.message)
+    name = info.preset if info.preset in list_presets() else preset
+    return DreamForm(name, info.values, info.seed, info.model, locked_changes(name, "dream", info.values))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,6 +62,31 @@ class Recipe:
             "unlocked": self.unlocked,
             "runtime": self.runtime,
         }
+
+    def summary(self, markdown: bool = False) -> str:
+        """How this was made, for people: preset, seed, model, the main settings, unlocked changes, device.
+
+        ``python -m dreamy info`` prints it; the studio shows it as Markdown (``markdown=True``)."""
+        bold = (lambda x: f"**{x}**") if markdown else str
+        code = (lambda x: f"`{x}`") if markdown else str
+        s = self.settings
+        model = "?"
+        if self.model:
+            step = f", step {self.model.checkpoint_step}" if self.model.checkpoint_step is not None else ""
+            model = f"{self.model.label} ({code(self.model.short_hash)}{step})"
+        lines = [f"{bold('Dreamy recipe')} · preset {bold(self.preset)} · seed {bold(self.seed)} · model {model}"]
+        if getattr(s, "prompt", ""):
+            lines.append(f"> {s.prompt}" if markdown else f"prompt: {s.prompt}")
+        if getattr(s, "negative_prompt", ""):
+            lines.append(f"negative: {s.negative_prompt}")
+        lines.append(f"guidance {s.guidance} · {s.steps} {s.sampler} steps · {s.width}×{s.height} · {s.precision}"
+                     if self.job == "dream" else f"a {self.job} recipe")
+        if self.unlocked:
+            lines.append("unlocked: " + ", ".join(f"{k} {v.get('preset')!r} → {v.get('value')!r}"
+                                                  for k, v in self.unlocked.items()))
+        if self.runtime:
+            lines.append(f"made on {self.runtime.get('device', '?')} in {self.runtime.get('dtype', '?')}")
+        return ("\n\n" if markdown else "\n").join(lines)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True, ensure_ascii=True, separators=(",", ":"))
@@ -176,3 +201,12 @@ def resolve(
         locked=tuple(locked),
         unlocked=changes,
     )
+
+
+def locked_changes(preset: Preset | str, job: str, values: Mapping[str, Any]) -> list[str]:
+    """The preset's locked fields that ``values`` change (in the preset's order): what must be unlocked
+    to dream with them, say the settings a recalled or foreign PNG puts back into a form."""
+    if isinstance(preset, str):
+        preset = load_preset(preset)
+    base = preset_fields(preset, job)
+    return [name for name in preset.locked.get(job, ()) if name in values and values[name] != base[name]]

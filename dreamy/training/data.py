@@ -18,14 +18,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import DreamyError
+from ..errors import TrainDataError
 from ..images import ImageScan, load_images
 
 TRIGGER_MARK = "[trigger]"
-
-
-class TrainDataError(DreamyError):
-    """The training images cannot be used (none usable, bad captions folder, ...)."""
 
 
 @dataclass

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from ..errors import DreamyError
+from ..errors import ExportError
 from ..layout import CHECKPOINT_FILE
 from ..layout import checkpoints as list_checkpoints
 from ..models.checkpoints import PART_FILES, read_meta
@@ -30,18 +30,21 @@ FORMATS = ("diffusers", "single-file", "lora", "card")
 SD15_LICENSE = "creativeml-openrail-m"
 
 
-class ExportError(DreamyError):
-    """An export was asked for something the checkpoint does not have."""
-
-
-def _resolve_checkpoint(checkpoint: str | os.PathLike) -> Path:
-    """A step folder, or a run folder (its newest checkpoint)."""
+def _resolve_checkpoint(checkpoint: str | os.PathLike, step: int | None = None) -> Path:
+    """A step folder, or a run folder (its checkpoint at ``step``, else its newest)."""
     p = Path(checkpoint)
     if (p / "checkpoints").is_dir() or (p / "run.json").is_file():
         found = list_checkpoints(p)
+        if step is not None:
+            at_step = dict(found).get(step)
+            if at_step is None:
+                raise ExportError(f"Run '{p.name}' has no checkpoint at step {step}.")
+            return at_step
         if not found:
             raise ExportError(f"Run '{p.name}' has no checkpoint to export yet.")
         return found[-1][1]
+    if step is not None:
+        raise ExportError(f"'{p}' is not a training run (models/<run>), so it has no step {step} to pick.")
     if not (p / CHECKPOINT_FILE).is_file():
         raise ExportError(f"'{p}' is neither a training run (models/<run>) nor one of its checkpoints.")
     return p
@@ -193,24 +196,28 @@ def export(
     out_dir: str | os.PathLike | None = None,
     formats: tuple[str, ...] | list[str] = ("diffusers", "single-file", "card"),
     dtype: torch.dtype = torch.float16,
+    *,
+    step: int | None = None,
 ) -> dict[str, Path]:
-    """Export a checkpoint (a step folder, or a run folder for its newest) into ``out_dir``.
+    """Export a checkpoint (a step folder, or a run folder: its checkpoint at ``step``, else its newest)
+    into ``out_dir``.
 
-    Default ``out_dir``: ``models/<run>/export/step-XXXX/``. Returns {what: path}. Formats:
-    ``diffusers`` (folder ``diffusers/``), ``single-file`` (``<run>.safetensors``, LDM layout),
-    ``lora`` (LoRA/pivotal runs: ``pytorch_lora_weights.safetensors``, kohya ``<run>_lora.safetensors``,
-    ``<run>_emb.safetensors``), ``card`` (README.md + the validation grid).
+    Default ``out_dir``: ``models/<run>/export/step-XXXX/``. Returns {what: path}, every file or folder
+    written. Formats: ``diffusers`` (folder ``diffusers/``), ``single-file`` (``<run>.safetensors``, LDM
+    layout), ``lora`` (LoRA/pivotal runs: ``pytorch_lora_weights.safetensors``, kohya
+    ``<run>_lora.safetensors``, ``<run>_emb.safetensors``), ``card`` (``README.md``, and
+    ``validation_grid``: the run's validation grid beside it, when there is one).
     """
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
         raise ExportError(f"Unknown export format '{unknown[0]}'; choose from {', '.join(FORMATS)}.")
-    step = _resolve_checkpoint(checkpoint)
-    meta = read_meta(step)
-    name = meta.get("run") or step.parent.parent.name
-    out = Path(out_dir) if out_dir is not None else step.parent.parent / "export" / step.name
+    folder = _resolve_checkpoint(checkpoint, step)
+    meta = read_meta(folder)
+    name = meta.get("run") or folder.parent.parent.name
+    out = Path(out_dir) if out_dir is not None else folder.parent.parent / "export" / folder.name
     files: dict[str, Path] = {}
     if "diffusers" in formats or "single-file" in formats:
-        model = load_model(str(step), device="cpu", precision="fp32")
+        model = load_model(str(folder), device="cpu", precision="fp32")
         if "diffusers" in formats:
             files["diffusers"] = export_diffusers(model, out / "diffusers", dtype)
         if "single-file" in formats:
@@ -222,13 +229,15 @@ def export(
             files["single_file"] = save_single_file(out / f"{name}.safetensors", unet=model.unet, vae=model.vae,
                                                     text_encoder=text, dtype=dtype, metadata=meta_text)
     if "lora" in formats:
-        files.update(lora_files(step, meta, out, name))
+        files.update(lora_files(folder, meta, out, name))
     if "card" in formats:
-        grid_src = step.parent.parent / "validation" / "grid.png"
+        grid_src = folder.parent.parent / "validation" / "grid.png"
         grid = None
         if grid_src.is_file():
             grid = out / "validation-grid.png"
             out.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(grid_src, grid)
-        files["card"] = model_card(step, meta, out, grid, dict(files))
+        files["card"] = model_card(folder, meta, out, grid, dict(files))
+        if grid is not None:
+            files["validation_grid"] = grid
     return files

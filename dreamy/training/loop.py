@@ -7,38 +7,40 @@ pivot/lr for the step -> ``accum`` micro-steps of forward/backward -> unscale, c
 Every random draw is seeded by (seed, micro-step), see ``data.py``, so a resumed run is bit-identical.
 Under ``accelerate launch`` with N processes the run is data-parallel (``parallel.py``): a global
 batch of ``train_batch_size`` x N, gradients summed across ranks, files written by the main process.
+
+``train`` holds the control flow and every ``yield``; its phases are plain functions over one
+``_Run``: ``_set_up`` (checks, base model, trainables, optimizer, batches, run folder or resume),
+``_optimizer_step``, ``_save`` + ``_validate`` at each checkpoint, ``_finish``. The loss of one
+micro-step is ``loss.py``'s.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
 import shutil
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from ..events import CancelToken
 from ..models.checkpoints import checkpoint_sha256
 from ..models.devices import pick_device
-from ..models.single_file import CONFIGS
 from ..models.sources import SDModel, load_model
 from ..recipes.presets import Preset, load_preset
-from ..recipes.recipe import ModelRef, resolve
+from ..recipes.recipe import ModelRef, Recipe, resolve
 from ..recipes.seeds import parse_seeds
 from ..recipes.settings import TrainSettings
 from . import checkpoints as ckpt
-from .data import TrainingSet, batch_indices, generator, prepare_images, random_crop
+from .data import TrainingSet, prepare_images
 from .events import CheckpointSaved, Finished, Notice, Started, StepDone, TrainEvent, ValidationDone
 from .logbook import LOG_NAME, PLOT_NAME, LossLog, plot
+from .loss import Batchable, MicroLoss, cache_latents, tokenize
 from .modes import Trainables, setup_mode
 from .optim import apply_lr, make_optimizer
 from .parallel import Group, join
@@ -48,155 +50,41 @@ from .validation import GRID_NAME, render, write_grid
 
 
 @dataclass
-class _Batchable:
-    """One image set ready for the loop: token ids, and (center crop) the cached latent mean/std."""
+class _Run:
+    """One run's state, shared by the phases of ``train``; set up once, then stepped."""
 
-    data: TrainingSet
-    ids: torch.Tensor  # [n, 77]
-    mean: torch.Tensor | None = None
-    std: torch.Tensor | None = None
+    name: str
+    s: TrainSettings
+    recipe: Recipe  # the [train] recipe, its model the loaded base
+    dream_recipe: Recipe  # what the validation renders use
+    seeds: list[int]  # validation seeds; [] renders nothing
+    run_dir: Path
+    group: Group  # the processes training together (one without a launcher)
+    tr: Trainables
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler  # disabled unless the compute dtype is fp16
+    live: SDModel  # what a validation render sees: the live modules, in the compute dtype
+    micro_loss: MicroLoss
+    log: LossLog
+    start: int = 0  # the step this call starts at: 0, or the resumed checkpoint's
 
+    @property
+    def total(self) -> int:
+        return self.s.max_train_steps
 
-def _compute_dtype(s: TrainSettings, device: torch.device) -> torch.dtype:
-    if device.type != "cuda" or s.mixed_precision == "no":
-        return torch.float32
-    return torch.float16 if s.mixed_precision == "fp16" else torch.bfloat16
+    @property
+    def base(self) -> ModelRef:
+        return self.recipe.model
 
-
-def _noise_scheduler():
-    from diffusers import DDPMScheduler
-
-    config = json.loads((CONFIGS / "sd15" / "scheduler" / "scheduler_config.json").read_text())
-    return DDPMScheduler.from_config(config)
-
-
-def _tokenize(tokenizer: Any, captions: Sequence[str]) -> torch.Tensor:
-    return tokenizer(list(captions), padding="max_length", max_length=tokenizer.model_max_length,
-                     truncation=True, return_tensors="pt").input_ids
-
-
-@torch.no_grad()
-def _latent_stats(vae: Any, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    dist = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist
-    return dist.mean.float(), dist.std.float()
-
-
-def _cache_latents(vae: Any, b: _Batchable) -> None:
-    """Each image's latent mean/std, encoded one at a time as the loop would (a batch may round differently).
-
-    A sample is still drawn fresh every step, so this changes no number the loop computes.
-    """
-    stats = [_latent_stats(vae, im.pixels[None]) for im in b.data.images]
-    b.mean, b.std = torch.cat([m for m, _ in stats]), torch.cat([v for _, v in stats])
-
-
-def _restore(path: Path, tr: Trainables, optimizer: torch.optim.Optimizer, scaler: Any) -> int:
-    """Load a checkpoint's resume state into the live run; returns its step."""
-    masters, state = ckpt.read_resume(path)
-    with torch.no_grad():
-        for key, p in tr.params.items():
-            p.copy_(masters[key].to(p.device))
-    optimizer.load_state_dict(state["optimizer"])
-    if state["scaler"] is not None and scaler.is_enabled():
-        scaler.load_state_dict(state["scaler"])
-    ckpt.restore_rng_states(state["rng"])
-    return int(state["step"])
-
-
-class _Loop:
-    """The state of one training run between steps (kept out of ``train`` to keep that readable)."""
-
-    def __init__(self, s: TrainSettings, model: SDModel, tr: Trainables, inst: _Batchable,
-                 prior: _Batchable | None, device: torch.device, dtype: torch.dtype, group: Group) -> None:
-        self.s, self.model, self.tr, self.inst, self.prior = s, model, tr, inst, prior
-        self.device, self.dtype, self.group = device, dtype, group
-        self.noise_scheduler = _noise_scheduler()
-        self.alphas = self.noise_scheduler.alphas_cumprod.to(device)
-        self.scaling = model.vae.config.scaling_factor
-        self.te_cache: dict[bytes, torch.Tensor] = {}
-
-    def _autocast(self):
-        return torch.autocast("cuda", dtype=self.dtype) if self.dtype != torch.float32 else nullcontext()
-
-    def _half(self, b: _Batchable, micro: int, salt: str, g: torch.Generator):
-        """This rank's rows of the micro-step's global batch: scaled latents, token ids, rows, weights, size.
-
-        Random numbers are drawn for the whole global batch and then picked, so a row's draws do not
-        depend on how many processes share the batch.
-        """
-        s, group = self.s, self.group
-        idx = batch_indices(s.seed, micro, len(b.data), s.train_batch_size * group.size, salt)
-        rows, weight = group.shard(len(idx), s.train_batch_size)
-        if b.mean is not None:
-            mean, std = group.pick(b.mean[idx], rows), group.pick(b.std[idx], rows)
-        else:
-            crops = []
-            for j in rows:  # j: the position in the global batch, which seeds the crop
-                px = b.data.images[idx[j]].pixels
-                if px.shape[1:] != (s.resolution, s.resolution):
-                    px = random_crop(px, s.resolution, generator(s.seed, "crop", salt, micro, j))
-                crops.append(px)
-            mean, std = _latent_stats(self.model.vae, torch.stack(crops))
-        eps = torch.randn((len(idx), *mean.shape[1:]), generator=g, device=self.device, dtype=mean.dtype)
-        sample = mean + std * group.pick(eps, rows)
-        ids = b.ids[[idx[j] for j in rows]]  # ids stay on the CPU until _text
-        return sample * self.scaling, ids, rows, weight, len(idx)
-
-    def _text(self, ids: torch.Tensor) -> torch.Tensor:
-        te = self.tr.text_encoder
-        if self.tr.text_trained:
-            return te(ids.to(self.device))[0]
-        out = []
-        for row in ids:  # a frozen text encoder: each caption is encoded once
-            key = row.numpy().tobytes()
-            if key not in self.te_cache:
-                with torch.no_grad():
-                    self.te_cache[key] = te(row[None].to(self.device))[0]
-            out.append(self.te_cache[key])
-        return torch.cat(out)
-
-    def micro_loss(self, micro: int) -> torch.Tensor:
+    @property
+    def meta(self) -> dict[str, Any]:
+        """What every checkpoint's dreamy-checkpoint.json says about the run (it adds step, parts, tokens)."""
         s = self.s
-        g = generator(s.seed, "step", micro, device=self.device)
-        pick = self.group.pick
-        latents, ids, rows, inst_w, n_all_inst = self._half(self.inst, micro, "order", g)
-        n_inst, n_all = latents.shape[0], n_all_inst
-        if self.prior is not None:
-            c_lat, c_ids, c_rows, prior_w, n_all_prior = self._half(self.prior, micro, "class", g)
-            latents, ids = torch.cat([latents, c_lat]), torch.cat([ids, c_ids])
-            rows = rows + [n_all_inst + j for j in c_rows]
-            n_all += n_all_prior
-        shape = (n_all, *latents.shape[1:])  # the global batch's (one process: latents.shape)
-        noise = pick(torch.randn(shape, generator=g, device=self.device), rows)
-        if s.noise_offset:
-            offset = torch.randn((*shape[:2], 1, 1), generator=g, device=self.device)
-            noise = noise + s.noise_offset * pick(offset, rows)
-        t = pick(torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (n_all,),
-                               generator=g, device=self.device), rows)
-        noisy = self.noise_scheduler.add_noise(latents, noise, t)
-        with self._autocast():
-            emb = self._text(ids)
-            pred = self.tr.unet(noisy, t, encoder_hidden_states=emb, return_dict=False)[0]
-        pred = pred.float()
-        target = noise
-        if self.noise_scheduler.config.prediction_type == "v_prediction":
-            target = self.noise_scheduler.get_velocity(latents, noise, t)
-        per_sample = F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))
-        inst_loss = per_sample[:n_inst]
-        if s.snr_gamma > 0:  # min-SNR weighting, computed on the instance half only
-            snr = self.alphas[t[:n_inst]] / (1 - self.alphas[t[:n_inst]])
-            weight = torch.clamp(snr, max=s.snr_gamma) / (snr + 1 if target is not noise else snr)
-            inst_loss = inst_loss * weight
-        if inst_w is None:  # one process
-            loss = inst_loss.mean()
-            if self.prior is not None:
-                loss = loss + s.prior_loss_weight * per_sample[n_inst:].mean()
-            return loss
-        # this rank's share of the global batch's mean: summed over ranks (as the gradients are), it is that mean
-        loss = (inst_loss * inst_w).sum() / n_all_inst
-        if self.prior is not None:
-            loss = loss + s.prior_loss_weight * (per_sample[n_inst:] * prior_w).sum() / n_all_prior
-        return loss
+        meta = {"run": self.name, "mode": s.mode, "base": base_record(self.base), "trigger_word": s.trigger_word,
+                "lora_rank": s.lora_rank, "lora_alpha": s.lora_alpha, "recipe": self.recipe.to_dict()}
+        if self.group.size > 1:
+            meta["processes"] = self.group.size
+        return meta
 
 
 def train(
@@ -213,24 +101,174 @@ def train(
     validation: dict[str, Any] | None = None,
     cancel: CancelToken | None = None,
 ) -> Iterator[TrainEvent]:
-    """Fine-tune ``base`` on ``images`` with ``preset``'s [train] recipe; yields events as it goes.
+    """Fine-tune ``base`` on ``images`` with ``preset``'s [train] recipe, as a generator of events.
 
-    Writes ``models/<name>/`` (run.json, checkpoints/step-XXXX/, validation/ with grid.png,
-    logs/loss.jsonl and loss.png). ``validation`` overrides the preset's locked [dream] settings
-    for the validation renders only (e.g. a smaller size on a CPU); the change is recorded in each
-    PNG's recipe. ``cancel`` stops after the current step: a checkpoint is saved and the generator
-    ends with ``Finished(stopped=True)``. ``resume=True`` continues from the newest checkpoint.
+    Nothing happens until the first ``next()``. The checks that need no model (preset, settings,
+    seeds, run name, resume) come first, so a mistake fails before any model is loaded. The run
+    trains as the caller consumes the events.
+
+    Args:
+        images: the instance photos: a folder, an image file, or a list of them. Unusable files
+            are skipped and listed in ``Started.images``.
+        name: the run's folder under ``models_dir`` (letters, digits, ``.``, ``_``, ``-``; up to 100).
+        preset: a preset name or .toml path, or a loaded ``Preset``. Its [train] section is the
+            recipe; its [dream] section is what the validation renders use.
+        base: the model to fine-tune: ``"tiny"`` (the offline demo), a hub id, a diffusers folder
+            or a single .safetensors/.ckpt file.
+        overrides: [train] settings to change, e.g. ``{"max_train_steps": 800}``.
+        unlock: ``True``, or the names of the preset's locked settings that ``overrides`` may change.
+        models_dir: where runs live; default ``$DREAMY_MODELS``, else the project's ``models/``.
+        resume: continue run ``name`` from its newest checkpoint with a resume state; only
+            max_train_steps, checkpointing_steps, checkpoints_total_limit, keep_resume_state and
+            validation_seeds may differ from the run's. The result is bit-identical to an
+            uninterrupted run.
+        device: ``"cuda"``, ``"cpu"``, ... or None for the best one here.
+        validation: [dream] overrides for the validation renders only (e.g. a smaller size on a
+            CPU); they need no unlock and are recorded in each PNG's recipe.
+        cancel: once set, the current step finishes, a checkpoint is saved and the generator ends
+            with ``Finished(stopped=True)``; continue later with ``resume=True``.
+
+    Yields (``step`` is always the optimizer steps done, ``total`` is ``max_train_steps``):
+        ``Started`` (run folder, the step resumed from or None, one line per image), then on the
+        main process ``Notice``s (optimizer fallback, data-parallel batch, class images being made);
+        for a new run, ``ValidationDone`` for the base model at step 0; per step ``StepDone`` (loss,
+        lr, elapsed and ETA in seconds); every ``checkpointing_steps`` steps, at the last step and
+        on a stop ``CheckpointSaved``, then (not on a stop) ``ValidationDone``; last ``Finished``
+        (the last checkpoint, whether stopped, the log/plot/grid files that exist).
+
+    Units: a step is one optimizer update of ``gradient_accumulation_steps`` micro-steps of
+    ``train_batch_size`` images (per process). ``max_train_steps``, ``checkpointing_steps`` and
+    ``lr_warmup_steps`` count steps. ``learning_rate`` is the peak lr of ``lr_scheduler`` (Prodigy:
+    a multiplier of its own estimate). ``StepDone.lr`` is the first parameter group's (UNet's) lr
+    for that step, ``StepDone.loss`` the mean MSE of its micro-steps (over all processes).
+
+    Writes ``<models_dir>/<name>/``:
+        ``run.json``: the name, the base (source + sha256), the whole recipe, the image report.
+        ``checkpoints/step-XXXX/``: the trained parts (fp16) and ``resume/`` (fp32 masters,
+        optimizer, scaler, RNG states); beyond ``checkpoints_total_limit`` the oldest are removed,
+        and older resume states too unless ``keep_resume_state="all"``.
+        ``validation/stepNNNNNN-seedNNNNNN.png`` (each with its recipe) and ``validation/grid.png``.
+        ``logs/loss.jsonl`` (per step: step, loss, lr; ``skipped`` on an fp16 overflow), ``logs/loss.png``.
+        ``class-images/``: prior preservation's generated class images (unless ``class_images_dir``).
+    A new run clears the validation/ and logs/ of an earlier attempt that saved no checkpoint;
+    a resumed one drops the log rows and renders after its checkpoint.
+
+    Raises (``DreamyError`` subclasses, each one sentence for the user):
+        PresetError: unknown or unreadable preset, a setting that is unknown, of the wrong type or
+            out of range; its subclass LockedFieldError: ``overrides`` changes a locked setting
+            that ``unlock`` does not name.
+        SeedSyntaxError: ``validation_seeds`` cannot be parsed.
+        TrainError: a bad run name; the run has checkpoints and ``resume`` is False; nothing to
+            resume; a resume with another base, process count or a setting that may not change;
+            prior preservation without a class prompt; already at ``max_train_steps``; the loss
+            became NaN or infinite (diverged).
+        TrainSetupError (TrainError's base): a missing package (peft, prodigyopt) or a mode that
+            cannot be set up (e.g. pivotal tuning without a trigger word).
+        TrainDataError: no usable training (or class) image.
+        SourceError: ``base`` cannot be found or loaded.
+        OutputError: run.json, a checkpoint or a validation image cannot be written (disk full,
+            read-only); the checkpoints already written are kept.
+        Cancelled: ``cancel`` was set while class images were being generated (those made are kept).
+    Running out of memory is raised as torch raises it; ``dreamy.errors.user_error`` words it.
 
     Under ``accelerate launch`` with N > 1 processes each one calls ``train`` alike and trains on its
     own GPU (``device="cpu"``: N CPU processes); the main process alone writes files and yields
     ``Notice`` and ``ValidationDone``; the others yield the same steps and checkpoints.
     """
+    run, opening = _set_up(images, name, preset, base, overrides, unlock, models_dir, resume, device,
+                           validation, cancel)
+    yield from opening  # Started, then the main process's notices
+    s, group, total = run.s, run.group, run.total
+    if run.start == 0:  # the base model's renders: the grid's first row
+        done = _validate(run, 0, None)
+        if done is not None:
+            yield done
+    step_times: list[float] = []  # seconds per step, and per checkpoint + validation: the ETA
+    ckpt_times: list[float] = []
+    step = last_saved = run.start
+    stopped = False
+    while step < total:
+        if _stop_requested(group, cancel):
+            stopped = True
+            break
+        t0 = time.perf_counter()
+        loss, lr = _optimizer_step(run, step)
+        step += 1
+        step_times.append(time.perf_counter() - t0)
+        stop_now = _stop_requested(group, cancel)  # asked during this step: save it now
+        yield StepDone(step, total, loss, lr, sum(step_times), _eta(s, step, step_times, ckpt_times))
+        if not (step % s.checkpointing_steps == 0 or step == total or stop_now):
+            continue
+        t1 = time.perf_counter()
+        _plot(run)
+        path = _save(run, step)
+        last_saved = step
+        yield CheckpointSaved(step, total, path)
+        if stop_now:
+            stopped = True
+            break
+        done = _validate(run, step, path)
+        ckpt_times.append(time.perf_counter() - t1)
+        if done is not None:
+            yield done
+    if stopped and last_saved != step:  # asked between steps (or before the first): save where it is
+        yield CheckpointSaved(step, total, _save(run, step))
+    yield _finish(run, step, stopped)
+
+
+# ------------------------------------------------------------------------------------------ set-up
+
+
+def _set_up(images: str | os.PathLike | Sequence[str | os.PathLike], name: str, preset: str | Preset, base: str, overrides: dict[str, Any] | None,
+            unlock: bool | Iterable[str], models_dir: str | os.PathLike | None, resume: bool,
+            device: str | None, validation: dict[str, Any] | None,
+            cancel: CancelToken | None) -> tuple[_Run, list[TrainEvent]]:
+    """Everything before the first event; returns the run and its opening events (Started, Notices)."""
     preset = load_preset(preset) if isinstance(preset, str) else preset
     recipe = resolve(preset, "train", overrides, unlock)
     s: TrainSettings = recipe.settings
     dream_recipe = resolve(preset, "dream", validation, unlock=list(validation or {}))
     seeds = parse_seeds(s.validation_seeds) if s.validation_seeds.strip() else []
     run_dir = run_dir_for(name, models_dir)
+    resume_from = _preflight(name, run_dir, s, resume)
+
+    group = join(device)  # one process without a launcher: no collective at all
+    dev = group.device if group.device is not None else pick_device(device)
+    dtype = _compute_dtype(s, dev)
+    data = prepare_images(images, resolution=s.resolution, prompt=s.instance_prompt, trigger=s.trigger_word,
+                          captions=s.captions, crop=s.crop)
+    model = load_model(base, device=dev, precision="fp32")  # fp32: the trained tensors are the masters
+    if resume_from is not None:
+        check_resumable(run_dir, recipe, model.ref, group.size)
+    tr = _trainables(model, s, dtype)
+    optimizer, opt_note = make_optimizer(tr.groups, s)
+    scaler = torch.amp.GradScaler("cuda", enabled=dev.type == "cuda" and dtype == torch.float16)
+    live = SDModel(model.ref, "sd15", tr.unet, model.vae, tr.text_encoder, tr.tokenizer, dev, dtype)
+    notices = [opt_note] if opt_note else []
+    if group.size > 1:
+        notices.append(f"Data-parallel over {group.size} processes: a global batch of {s.train_batch_size} x "
+                       f"{group.size} = {s.train_batch_size * group.size} images per micro-step.")
+    inst, prior = _batches(s, tr, live, data, preset, run_dir, group, notices, cancel)
+
+    run = _Run(name, s, recipe.replace(model=model.ref), dream_recipe, seeds, run_dir, group, tr, optimizer,
+               scaler, live, MicroLoss(s, model, tr, inst, prior, dev, dtype, group),
+               LossLog(run_dir / "logs" / LOG_NAME))
+    run.start = _start_at(run, resume_from, data.report)
+    group.barrier()  # the run folder is set up before anyone trains
+    if run.start >= run.total:
+        raise TrainError(f"Run '{name}' is already at step {run.start} of {run.total}; raise max_train_steps "
+                         "to continue.")
+    started = Started(run.start, run.total, run_dir.resolve(), run.start if resume_from is not None else None,
+                      tuple(data.report))
+    return run, [started, *(Notice(run.start, run.total, n) for n in (notices if group.is_main else ()))]
+
+
+def _uses_prior(s: TrainSettings) -> bool:
+    return s.mode == "prior" or s.prior_preservation
+
+
+def _preflight(name: str, run_dir: Path, s: TrainSettings, resume: bool) -> Path | None:
+    """The checks that need no model; returns the checkpoint to resume from (None: a new run)."""
     if resume:
         ckpt.remove_leftovers(run_dir)  # temporary folders of writes a crash cut short
     existing = ckpt.list_checkpoints(run_dir)
@@ -240,20 +278,19 @@ def train(
                          f"{existing[-1][0]}); resume it or choose another name.")
     if resume and resume_from is None:
         raise TrainError(f"Run '{name}' has no checkpoint with a resume state to continue from.")
-    uses_prior = s.mode == "prior" or s.prior_preservation
-    if uses_prior and not s.class_prompt.strip():
+    if _uses_prior(s) and not s.class_prompt.strip():
         raise TrainError("Prior preservation needs a class prompt (e.g. 'a photo of a person').")
+    return resume_from
 
-    group = join(device)  # one process without a launcher: no collective at all
-    dev = group.device if group.device is not None else pick_device(device)
-    dtype = _compute_dtype(s, dev)
-    data = prepare_images(images, resolution=s.resolution, prompt=s.instance_prompt, trigger=s.trigger_word,
-                          captions=s.captions, crop=s.crop)
-    model = load_model(base, device=dev, precision="fp32")  # fp32: the trained tensors are the masters
-    base_ref = model.ref
-    if resume_from is not None:
-        check_resumable(run_dir, recipe, base_ref, group.size)
-    recipe = recipe.replace(model=base_ref)
+
+def _compute_dtype(s: TrainSettings, device: torch.device) -> torch.dtype:
+    if device.type != "cuda" or s.mixed_precision == "no":
+        return torch.float32
+    return torch.float16 if s.mixed_precision == "fp16" else torch.bfloat16
+
+
+def _trainables(model: SDModel, s: TrainSettings, dtype: torch.dtype) -> Trainables:
+    """What the recipe's mode trains, in fp32; the frozen parts cast to the compute ``dtype``."""
     if dtype != torch.float32:
         model.vae.to(dtype)  # frozen: compute precision is enough
         if s.mode in ("lora", "pivotal"):
@@ -271,19 +308,17 @@ def train(
         model.unet.compile()  # in place: the module, its state_dict names and validation stay the same
     model.unet.train()
     model.text_encoder.train(tr.text_trained)
-    optimizer, opt_note = make_optimizer(tr.groups, s)
-    scaler = torch.amp.GradScaler("cuda", enabled=dev.type == "cuda" and dtype == torch.float16)
-    # the model a validation render sees: live modules, compute dtype
-    live = SDModel(base_ref, "sd15", tr.unet, model.vae, tr.text_encoder, tr.tokenizer, dev, dtype)
+    return tr
 
+
+def _batches(s: TrainSettings, tr: Trainables, live: SDModel, data: TrainingSet, preset: Preset, run_dir: Path,
+             group: Group, notices: list[str], cancel: CancelToken | None) -> tuple[Batchable, Batchable | None]:
+    """The instance images and (prior preservation) the class images, tokenized; missing class images
+    are generated first with the base model (before any training, so it is still the base)."""
     captions = [tr.substitute(im.caption, s.trigger_word) for im in data.images]
-    inst = _Batchable(data, _tokenize(tr.tokenizer, captions))
-    notices = [opt_note] if opt_note else []
-    if group.size > 1:
-        notices.append(f"Data-parallel over {group.size} processes: a global batch of {s.train_batch_size} x "
-                       f"{group.size} = {s.train_batch_size * group.size} images per micro-step.")
+    inst = Batchable(data, tokenize(tr.tokenizer, captions))
     prior = None
-    if uses_prior:
+    if _uses_prior(s):
         folder = class_folder(s, run_dir)
         group.barrier()  # every rank sees the same missing images before any is made
         todo = missing_class_images(s, folder)
@@ -294,142 +329,149 @@ def train(
                     cancel.check()  # the images made so far stay and are reused next time
         group.barrier()
         class_data = load_class_images(s, folder)
-        prior = _Batchable(class_data, _tokenize(tr.tokenizer, [s.class_prompt] * len(class_data)))
+        prior = Batchable(class_data, tokenize(tr.tokenizer, [s.class_prompt] * len(class_data)))
     if s.cache_latents and s.crop == "center":
         for b in (inst, prior):
             if b is not None:
-                _cache_latents(model.vae, b)
+                cache_latents(live.vae, b)
+    return inst, prior
 
-    start = 0
-    log = LossLog(run_dir / "logs" / LOG_NAME)
-    meta = {"run": name, "mode": s.mode, "base": base_record(base_ref), "trigger_word": s.trigger_word,
-            "lora_rank": s.lora_rank, "lora_alpha": s.lora_alpha, "recipe": recipe.to_dict()}
-    if group.size > 1:
-        meta["processes"] = group.size
+
+def _start_at(run: _Run, resume_from: Path | None, report: list[str]) -> int:
+    """The step the run starts at. A resume restores its checkpoint and drops the log rows and renders
+    made after it; a new run starts its folder over (an attempt that saved no checkpoint) with run.json."""
     if resume_from is not None:
-        start = _restore(resume_from, tr, optimizer, scaler)
-        if group.is_main:
-            log.truncate(start)
-            for f in (run_dir / "validation").glob("step*-seed*.png"):
+        start = _restore(resume_from, run.tr, run.optimizer, run.scaler)
+        if run.group.is_main:
+            run.log.truncate(start)
+            for f in (run.run_dir / "validation").glob("step*-seed*.png"):
                 m = re.match(r"step(\d+)-", f.name)
                 if m and int(m.group(1)) > start:
                     f.unlink()  # rendered after the checkpoint by a run that did not get to save
-    elif group.is_main:
-        if run_dir.exists():  # a run that never reached a checkpoint: start it over
+        return start
+    if run.group.is_main:
+        if run.run_dir.exists():  # a run that never reached a checkpoint: start it over
             for sub in ("validation", "logs"):
-                shutil.rmtree(run_dir / sub, ignore_errors=True)
-        record = {"format": 1, "name": name, "base": base_record(base_ref), "recipe": recipe.to_dict(),
-                  "images": data.report}
-        if group.size > 1:
-            record["processes"] = group.size
-        write_run_record(run_dir, record)
-    group.barrier()  # the run folder is set up before anyone trains
-    total = s.max_train_steps
-    if start >= total:
-        raise TrainError(f"Run '{name}' is already at step {start} of {total}; raise max_train_steps to continue.")
-    yield Started(start, total, run_dir.resolve(), start if resume_from is not None else None, tuple(data.report))
-    for note in notices if group.is_main else ():
-        yield Notice(start, total, note)
+                shutil.rmtree(run.run_dir / sub, ignore_errors=True)
+        record = {"format": 1, "name": run.name, "base": base_record(run.base), "recipe": run.recipe.to_dict(),
+                  "images": report}
+        if run.group.size > 1:
+            record["processes"] = run.group.size
+        write_run_record(run.run_dir, record)
+    return 0
 
-    loop = _Loop(s, model, tr, inst, prior, dev, dtype, group)
-    files = {"log": log.path, "plot": run_dir / "logs" / PLOT_NAME, "grid": run_dir / "validation" / GRID_NAME}
 
-    def validate(step: int, ref: ModelRef) -> ValidationDone | None:
-        if not seeds or not group.is_main:
-            return None
-        live.ref = ref
-        paths = render(live, dream_recipe, seeds, run_dir / "validation", step)
-        grid = write_grid(run_dir / "validation", seeds, recipe)
-        return ValidationDone(step, total, tuple(paths), grid)
+def _restore(path: Path, tr: Trainables, optimizer: torch.optim.Optimizer, scaler: Any) -> int:
+    """Load a checkpoint's resume state into the live run; returns its step."""
+    masters, state = ckpt.read_resume(path)
+    with torch.no_grad():
+        for key, p in tr.params.items():
+            p.copy_(masters[key].to(p.device))
+    optimizer.load_state_dict(state["optimizer"])
+    if state["scaler"] is not None and scaler.is_enabled():
+        scaler.load_state_dict(state["scaler"])
+    ckpt.restore_rng_states(state["rng"])  # after the set-up's own draws (LoRA init): the saved streams go on
+    return int(state["step"])
 
-    def save(step: int) -> Path:
-        """The main process writes the checkpoint; everyone returns once it is complete."""
-        path = ckpt.step_dir(run_dir, step)
-        if group.is_main:
-            path = ckpt.save_checkpoint(run_dir, step, tr, meta, optimizer, scaler)
-            ckpt.prune(run_dir, s.checkpoints_total_limit, s.keep_resume_state)
-        group.barrier()
-        return path
 
-    if start == 0:
-        done = validate(0, base_ref)
-        group.barrier()  # the others wait while the main process renders
-        if done is not None:
-            yield done
-    step_times: list[float] = []
-    extra_times: list[float] = []
-    last_saved = start
-    step = start
-    stopped = False
-    while step < total:
-        if group.any(cancel is not None and cancel.cancelled):
-            stopped = True
-            break
-        t0 = time.perf_counter()
-        tr.before_step(step)
-        lr = apply_lr(optimizer, s, step, tr.frozen_groups(step))
-        accum = s.gradient_accumulation_steps
-        losses = []
-        for a in range(accum):
-            loss = loop.micro_loss(step * accum + a)
-            scaler.scale(loss / accum).backward()
-            losses.append(loss.detach())
-        params = tr.optimizer_params()
-        group.sum_grads(params)  # N processes: the global batch's gradient, identical on every rank
-        if scaler.is_enabled():
-            scaler.unscale_(optimizer)
-        if s.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(params, s.max_grad_norm)
-        scale_before = scaler.get_scale() if scaler.is_enabled() else None
-        scaler.step(optimizer)
-        scaler.update()
-        skipped = scale_before is not None and scaler.get_scale() < scale_before
-        tr.zero_grad(optimizer)
-        tr.after_step()
-        step += 1
-        loss_value = float(group.sum(torch.stack(losses).mean()))
-        if not math.isfinite(loss_value):
-            raise TrainError(f"The loss became {loss_value} at step {step}; the run diverged: lower the learning "
-                             "rate or resume from an earlier checkpoint.")
-        row = {"step": step, "loss": loss_value, "lr": lr}
-        if skipped:
-            row["skipped"] = True  # fp16 overflow: the scaler skipped this update and lowered its scale
-        if group.is_main:
-            log.append(**row)
-        step_times.append(time.perf_counter() - t0)
-        stop_now = group.any(cancel is not None and cancel.cancelled)
-        due = step % s.checkpointing_steps == 0 or step == total or stop_now
-        mean_step = sum(step_times) / len(step_times)
-        per_ckpt = (sum(extra_times) / len(extra_times)) if extra_times else 0.0
-        left_ckpts = len(range(step + s.checkpointing_steps - step % s.checkpointing_steps, total + 1,
-                               s.checkpointing_steps))
-        eta = (total - step) * mean_step + left_ckpts * per_ckpt
-        yield StepDone(step, total, loss_value, lr, sum(step_times), eta)
-        if due:
-            t1 = time.perf_counter()
-            if group.is_main:
-                plot(log.rows(), files["plot"])
-            path = save(step)
-            last_saved = step
-            yield CheckpointSaved(step, total, path)
-            if stop_now:
-                stopped = True
-                break
-            done = None
-            if group.is_main:
-                ref = ModelRef(source=str(path.resolve()), kind="checkpoint",
-                               sha256=checkpoint_sha256(path, base_ref.sha256),
-                               label=f"{name} step {step}", checkpoint_step=step)
-                done = validate(step, ref)
-            group.barrier()
-            extra_times.append(time.perf_counter() - t1)
-            if done is not None:
-                yield done
-    if stopped and last_saved != step:  # stop requested before the loop body ran
-        yield CheckpointSaved(step, total, save(step))
+# ------------------------------------------------------------------------------------------- steps
+
+
+def _stop_requested(group: Group, cancel: CancelToken | None) -> bool:
+    """Whether any process was asked to stop: all of them then stop at the same step."""
+    return group.any(cancel is not None and cancel.cancelled)
+
+
+def _optimizer_step(run: _Run, step: int) -> tuple[float, float]:
+    """Optimizer step ``step`` (0-based), logged as step + 1; returns its loss and lr.
+
+    The loss is divided by ``accum`` before backward, so the accumulated gradient is the mean's.
+    """
+    s, tr, optimizer, scaler, group = run.s, run.tr, run.optimizer, run.scaler, run.group
+    tr.before_step(step)  # pivotal tuning: from the pivot on, the new tokens are frozen
+    lr = apply_lr(optimizer, s, step, tr.frozen_groups(step))
+    accum = s.gradient_accumulation_steps
+    losses = []
+    for a in range(accum):
+        loss = run.micro_loss(step * accum + a)
+        scaler.scale(loss / accum).backward()
+        losses.append(loss.detach())
+    params = tr.optimizer_params()
+    group.sum_grads(params)  # N processes: the global batch's gradient, identical on every rank
+    if scaler.is_enabled():
+        scaler.unscale_(optimizer)
+    if s.max_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_(params, s.max_grad_norm)
+    scale_before = scaler.get_scale() if scaler.is_enabled() else None
+    scaler.step(optimizer)
+    scaler.update()
+    skipped = scale_before is not None and scaler.get_scale() < scale_before
+    tr.zero_grad(optimizer)
+    tr.after_step()
+    loss_value = float(group.sum(torch.stack(losses).mean()))
+    if not math.isfinite(loss_value):
+        raise TrainError(f"The loss became {loss_value} at step {step + 1}; the run diverged: lower the learning "
+                         "rate or resume from an earlier checkpoint.")
+    row = {"step": step + 1, "loss": loss_value, "lr": lr}
+    if skipped:
+        row["skipped"] = True  # fp16 overflow: the scaler skipped this update and lowered its scale
     if group.is_main:
-        plot(log.rows(), files["plot"])
-    group.barrier()  # every file is in place before any process reports the end
-    last = ckpt.list_checkpoints(run_dir)
-    yield Finished(step, total, run_dir.resolve(), last[-1][1] if last else None, stopped,
-                   {k: v for k, v in files.items() if v.exists()})
+        run.log.append(**row)
+    return loss_value, lr
+
+
+def _eta(s: TrainSettings, step: int, step_times: list[float], ckpt_times: list[float]) -> float:
+    """Seconds left: the mean step time per step left, plus the mean checkpoint time per checkpoint left."""
+    total, every = s.max_train_steps, s.checkpointing_steps
+    mean_step = sum(step_times) / len(step_times)
+    per_ckpt = (sum(ckpt_times) / len(ckpt_times)) if ckpt_times else 0.0
+    left_ckpts = len(range(step + every - step % every, total + 1, every))
+    return (total - step) * mean_step + left_ckpts * per_ckpt
+
+
+# ------------------------------------------------------------------------------ checkpoints, the end
+
+
+def _plot(run: _Run) -> None:
+    if run.group.is_main:
+        plot(run.log.rows(), run.run_dir / "logs" / PLOT_NAME)
+
+
+def _save(run: _Run, step: int) -> Path:
+    """Checkpoint ``step``: the main process writes it, then prunes; everyone returns once it is complete."""
+    path = ckpt.step_dir(run.run_dir, step)
+    if run.group.is_main:
+        path = ckpt.save_checkpoint(run.run_dir, step, run.tr, run.meta, run.optimizer, run.scaler)
+        ckpt.prune(run.run_dir, run.s.checkpoints_total_limit, run.s.keep_resume_state)
+    run.group.barrier()
+    return path
+
+
+def _validate(run: _Run, step: int, checkpoint: Path | None) -> ValidationDone | None:
+    """The main process renders the validation seeds with the live weights (``checkpoint``'s, or the base
+    model's at step 0) and redraws the grid; everyone returns once it is done."""
+    done = None
+    if run.group.is_main:
+        ref = run.base
+        if checkpoint is not None:  # the PNGs' recipes name the checkpoint as a model, by its content hash
+            ref = ModelRef(source=str(checkpoint.resolve()), kind="checkpoint",
+                           sha256=checkpoint_sha256(checkpoint, run.base.sha256),
+                           label=f"{run.name} step {step}", checkpoint_step=step)
+        if run.seeds:
+            run.live.ref = ref
+            paths = render(run.live, run.dream_recipe, run.seeds, run.run_dir / "validation", step)
+            grid = write_grid(run.run_dir / "validation", run.seeds, run.recipe)
+            done = ValidationDone(step, run.total, tuple(paths), grid)
+    run.group.barrier()  # the others wait while the main process renders
+    return done
+
+
+def _finish(run: _Run, step: int, stopped: bool) -> Finished:
+    """The last loss plot; the end event once every process is done."""
+    _plot(run)
+    run.group.barrier()  # every file is in place before any process reports the end
+    last = ckpt.list_checkpoints(run.run_dir)
+    files = {"log": run.log.path, "plot": run.run_dir / "logs" / PLOT_NAME,
+             "grid": run.run_dir / "validation" / GRID_NAME}
+    return Finished(step, run.total, run.run_dir.resolve(), last[-1][1] if last else None, stopped,
+                    {k: v for k, v in files.items() if v.exists()})

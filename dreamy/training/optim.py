@@ -14,14 +14,10 @@ from typing import Any
 
 import torch
 
-from ..errors import DreamyError
+from ..errors import TrainSetupError
 from ..recipes.settings import TrainSettings
 
 log = logging.getLogger(__name__)
-
-
-class TrainSetupError(DreamyError):
-    """A training run cannot be set up (a missing package, an impossible combination)."""
 
 
 def quiet_bitsandbytes() -> None:

@@ -9,17 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import atomic_write_text
+from ..errors import TrainError
 from ..layout import RUN_NAME, models_root
 from ..recipes.recipe import ModelRef, Recipe
-from .optim import TrainSetupError
 
 # Settings a resumed run may change: they decide when to save and what to render, not what is learned.
 RESUMABLE_CHANGES = {"max_train_steps", "checkpointing_steps", "checkpoints_total_limit", "keep_resume_state",
                      "validation_seeds"}
-
-
-class TrainError(TrainSetupError):
-    """A run cannot start or continue (name taken, nothing to resume, diverged)."""
 
 
 def run_dir_for(name: str, models_dir: str | os.PathLike | None = None) -> Path:

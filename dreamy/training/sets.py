@@ -2,7 +2,8 @@
 
 The curation loop is "dream candidates, keep the good ones, train on them": ``add_to_training_set``
 copies chosen files into ``<root>/<set>/`` under safe names (an uploaded name can never escape the
-folder), and ``inspect_training_set`` says, per file, what Train will do with it or why it cannot.
+folder), ``inspect_training_set`` says, per file, what Train will do with it or why it cannot
+(``training_set_report`` sums a set up by name), and ``train_on_set`` trains on one.
 """
 
 from __future__ import annotations
@@ -11,12 +12,15 @@ import filecmp
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from ..errors import TrainDataError
 from ..images import ImageError, image_files, is_image_name, load_image
 from ..paths import check_name, safe_filename
+from .events import TrainEvent
 
 
 @dataclass
@@ -36,6 +40,24 @@ class ImageCheck:
         return f"{self.name}{size}" + (f" — {mark}{'; '.join(self.notes)}" if self.notes else "")
 
 
+@dataclass
+class SetReport:
+    """A training set as it stands: what the studio shows after a look at it or an upload."""
+
+    name: str
+    folder: Path
+    exists: bool  # False: nothing has been added yet (no folder)
+    files: int  # files in the folder, hidden ones aside (captions and refused files included)
+    checks: list[ImageCheck]  # with a resolution: every file, flagged (inspect_training_set); else empty
+    sets: list[str]  # every training set under the root, by name (this one included once it exists)
+    added: list[Path] = field(default_factory=list)  # add_to_training_set: the given files, now in the set
+    notes: list[str] = field(default_factory=list)  # add_to_training_set: given files it skipped, and why
+
+    @property
+    def usable(self) -> int:
+        return sum(c.usable for c in self.checks)
+
+
 def list_training_sets(root: Path) -> list[str]:
     if not root.is_dir():
         return []
@@ -46,14 +68,28 @@ def training_set_dir(root: Path, name: str) -> Path:
     return Path(root) / check_name(name, "training set name")
 
 
-def add_to_training_set(files: Sequence[str | os.PathLike], name: str, root: Path) -> tuple[list[Path], list[str]]:
-    """Copy ``files`` into the set ``name`` (created if new): (files now in the set, notes on skipped ones).
+def training_set_report(root: Path, name: str, resolution: int | None = None) -> SetReport:
+    """The set ``name`` under ``root``; with ``resolution`` (Train's, in px) every file is checked too."""
+    folder = training_set_dir(root, name)
+    exists = folder.is_dir()
+    files = sum(not f.name.startswith(".") for f in folder.iterdir()) if exists else 0
+    checks = inspect_training_set(folder, resolution) if exists and resolution else []
+    return SetReport(folder.name, folder, exists, files, checks, list_training_sets(Path(root)))
+
+
+def add_to_training_set(
+    files: Sequence[str | os.PathLike], name: str, root: Path, *, resolution: int | None = None
+) -> SetReport:
+    """Copy ``files`` into the set ``name`` (created if new; no files, nothing made); returns the set's
+    report (:func:`training_set_report`, checked at ``resolution`` if given) with ``added``, the files
+    now in the set, and ``notes`` on the skipped ones.
 
     A file already in the set with the same bytes is not copied twice; a different file with the
     same name gets a numbered name. Copies are written to a temporary name and renamed.
     """
     folder = training_set_dir(root, name)
-    folder.mkdir(parents=True, exist_ok=True)
+    if files:
+        folder.mkdir(parents=True, exist_ok=True)
     added, notes = [], []
     for f in files:
         src = Path(f)
@@ -77,7 +113,27 @@ def add_to_training_set(files: Sequence[str | os.PathLike], name: str, root: Pat
                 Path(tmp).unlink(missing_ok=True)
                 raise
         added.append(target)
-    return added, notes
+    report = training_set_report(root, name, resolution)
+    report.added, report.notes = added, notes
+    return report
+
+
+def train_on_set(root: Path, set_name: str, **train_kwargs: Any) -> Iterator[TrainEvent]:
+    """:func:`dreamy.training.loop.train` on the training set ``set_name`` under ``root`` (the
+    studio's Train); ``train_kwargs`` are train's (its ``name`` is the run's).
+
+    A set with no folder yet is refused as TrainDataError ("has no photos yet") where train looks
+    for its photos: after train's own checks (recipe and locks, run), before any model is loaded.
+    """
+    from .loop import train
+
+    folder = training_set_dir(root, set_name)
+    try:
+        yield from train(folder, **train_kwargs)
+    except ImageError:
+        if folder.is_dir():
+            raise
+        raise TrainDataError(f"Training set '{folder.name}' has no photos yet: upload some first.") from None
 
 
 def inspect_training_set(folder: Path, resolution: int) -> list[ImageCheck]:

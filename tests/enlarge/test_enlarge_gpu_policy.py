@@ -1,4 +1,4 @@
-"""GPU choices that change no method (dreamy/enlarge/gpu.py), the automatic tiling with its
+"""GPU choices that change no method (dreamy/enlarging/gpu.py), the automatic tiling with its
 out-of-memory retry, and the sampler step that reads no GPU scalars back — all checked on the CPU."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The Particles view: play a picture as drifting particles in the browser, download the loop as a GIF.
 
-The canvas script (``app_static/particles.js``) is served inline with the page, no CDN; the GIF is
+The canvas script (``static/particles.js``) is served inline with the page, no CDN; the GIF is
 rendered by the core (``dreamy.particles``) from the same simulation.
 """
 
@@ -11,9 +11,10 @@ from pathlib import Path
 
 import gradio as gr
 
-from app_common import Studio, user_errors
+from .errors import user_errors
+from .session import Studio
 
-SCRIPT = Path(__file__).resolve().parent / "app_static" / "particles.js"
+SCRIPT = Path(__file__).resolve().parent / "static" / "particles.js"
 PLAY_JS = """(image, density, drift, speed) => {
   const canvas = document.querySelector('#particles-canvas canvas');
   if (!image || !image.url) { window.dreamyParticles && window.dreamyParticles.stop(); return; }
@@ -51,8 +52,8 @@ def build(studio: Studio) -> ParticlesTab:
         with user_errors("particles"):
             if not image:
                 raise gr.Error("Choose a picture first: send one from Dream, or upload one.")
-            out = studio.run_dir("particles")
-            path = write_gif(image, out / "particles.gif", float(density), float(drift), float(speed))
+            with studio.job_folder("particles") as out:
+                path = write_gif(image, out / "particles.gif", float(density), float(drift), float(speed))
             return str(path), gr.update(value=str(path), visible=True)
 
     play.click(None, [image, density, drift, speed], None, js=PLAY_JS)

@@ -3,36 +3,23 @@ live loss and ETA, and the validation grid growing at each checkpoint."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections import deque
 from dataclasses import dataclass
-from pathlib import Path
 
 import gradio as gr
 
-from app_common import (
-    GPU,
-    Studio,
-    field_widget,
-    lock_toggled,
-    locked_updates,
-    overrides_from,
-    preset_description,
-    train_blocked,
-    user_errors,
-)
-from dreamy import catalog
 from dreamy.errors import DreamyError
+from dreamy.layout import checkpoints
 from dreamy.paths import check_name, within
 from dreamy.recipes.presets import list_presets, load_preset
-from dreamy.recipes.recipe import resolve
 from dreamy.recipes.settings import DreamSettings, TrainSettings
-from dreamy.training.sets import (
-    add_to_training_set,
-    inspect_training_set,
-    list_training_sets,
-    training_set_dir,
-)
+from dreamy.training.sets import add_to_training_set, list_training_sets, train_on_set, training_set_report
+
+from .errors import user_errors
+from .session import GPU, Studio
+from .widgets import field_widget, lock_toggled, locked_updates, overrides_from, preset_description
 
 FIELDS = ["mode", "learning_rate", "max_train_steps", "checkpointing_steps", "resolution", "train_batch_size",
           "gradient_accumulation_steps", "instance_prompt", "class_prompt", "validation_seeds"]
@@ -47,18 +34,33 @@ class TrainTab:
     init_outputs: list
 
 
-def _thumbs(studio: Studio, name: str, resolution: float):
-    if not name:
-        return [], "Choose or name a training set, then add photos."
-    folder = training_set_dir(studio.training_sets, name)
-    if not folder.is_dir():
-        return [], f"Training set **{name}** is empty: upload photos to fill it."
-    checks = inspect_training_set(folder, int(resolution or 512))
+def train_blocked() -> str | None:
+    """Why Train is off here, or None. ZeroGPU gives visitors minutes a day; a run takes longer."""
+    if os.environ.get("SPACE_ID") and (os.environ.get("SPACES_ZERO_GPU") or not _has_cuda()):
+        return ("Training is off on this shared Space: a run takes longer than a visitor's GPU quota. "
+                "Duplicate the Space onto a dedicated GPU, or run the studio on your own machine.")
+    return None
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _thumbs(report) -> tuple[list, str]:
+    """A training set's report (dreamy.training.sets.SetReport) as the gallery's thumbnails and its notes."""
+    if not report.exists:
+        return [], f"Training set **{report.name}** is empty: upload photos to fill it."
+    checks = report.checks
     thumbs = [(str(c.path), ("⚠ " if c.notes else "") + c.line) for c in checks if c.usable]
-    usable = sum(c.usable for c in checks)
     flagged = [f"- {'**refused**' if not c.usable else '⚠'} {c.line}" for c in checks if c.notes or not c.usable]
-    head = f"**{usable}** usable photo(s) in `{name}`" + (f", {len(checks) - usable} refused" if usable < len(checks) else "")
+    head = f"**{report.usable}** usable photo(s) in `{report.name}`" + (
+        f", {len(checks) - report.usable} refused" if report.usable < len(checks) else "")
     return thumbs, head + ("\n\n" + "\n".join(flagged) if flagged else "")
+
+
+NO_SET = "Choose or name a training set, then add photos."
 
 
 def build(studio: Studio) -> TrainTab:
@@ -114,8 +116,7 @@ def build(studio: Studio) -> TrainTab:
                             interactive=False, height=300)
             log = gr.Textbox(label="Log", lines=5, max_lines=5, interactive=False, autoscroll=True)
             with gr.Accordion("Export a checkpoint", open=False):
-                missing = _export_missing()
-                gr.Markdown(missing or "Into models/<run>/export/step-XXXX/. Pick the step inside the corridor.",
+                gr.Markdown("Into models/<run>/export/step-XXXX/. Pick the step inside the corridor.",
                             elem_classes="dreamy-note")
                 with gr.Row():
                     ex_step = gr.Dropdown([], label="Checkpoint", allow_custom_value=True, scale=2,
@@ -124,102 +125,92 @@ def build(studio: Studio) -> TrainTab:
                                            ("diffusers folder + model card", "diffusers,card"),
                                            ("LoRA files + model card", "lora,card"), ("model card", "card")],
                                           value="single-file,card", label="What", scale=3)
-                ex_go = gr.Button("Export", size="sm", interactive=not missing)
+                ex_go = gr.Button("Export", size="sm")
                 exported = gr.File(label="Exported files", interactive=False, file_count="multiple", height=80)
 
     def show_set(name: str, resolution: float):
         with user_errors("train"):
-            return _thumbs(studio, name, resolution)
+            if not name:
+                return [], NO_SET
+            return _thumbs(training_set_report(studio.training_sets, name, int(resolution or 512)))
 
     def add_photos(files: list[str] | None, name: str, resolution: float):
         """Copy uploaded photos into a training set (names made safe; nothing leaves the set's folder)."""
         with user_errors("train"):
-            if files:
-                _, notes = add_to_training_set(files, name, studio.training_sets)
-                if notes:
-                    gr.Warning("; ".join(notes)[:300])
-            thumbs_, text = _thumbs(studio, name, resolution)
-            return thumbs_, text, gr.update(choices=list_training_sets(studio.training_sets), value=name)
+            if not name and not files:
+                return [], NO_SET, gr.update()
+            report = add_to_training_set(files or [], name, studio.training_sets, resolution=int(resolution or 512))
+            if report.notes:
+                gr.Warning("; ".join(report.notes)[:300])
+            return *_thumbs(report), gr.update(choices=report.sets, value=name)
 
-    def run(set_name: str, base: str, preset: str, name: str, unlock: bool, resume_run: bool, values: tuple,
-            validation: tuple, request: gr.Request | None, progress: gr.Progress):
-        import pandas as pd
+    def training(resume: bool, doc: str):
+        """The handler behind Start (``resume=False``) and Resume: one body, two API names. Gradio reads
+        the parameters (and injects the request) from the signature, so they are spelled out here."""
 
-        from dreamy.training import (
-            CheckpointSaved,
-            Finished,
-            Notice,
-            Started,
-            StepDone,
-            ValidationDone,
-            train,
-        )
+        def handler(set_name: str, base: str, preset: str, name: str, unlock: bool, mode: str, learning_rate: float,
+                    max_train_steps: float, checkpointing_steps: float, resolution: float, train_batch_size: float,
+                    gradient_accumulation_steps: float, instance_prompt: str, class_prompt: str,
+                    validation_seeds: str, validation_width: float, validation_height: float,
+                    validation_steps: float, request: gr.Request, progress=gr.Progress()):
+            import pandas as pd
 
-        with user_errors("train"):
-            if blocked:
-                raise gr.Error(blocked)
-            overrides = overrides_from(FIELDS, values)
-            resolve(load_preset(preset), "train", overrides, bool(unlock))  # locks first, before anything else
-            folder = training_set_dir(studio.training_sets, set_name)
-            if not folder.is_dir():
-                raise gr.Error(f"Training set '{set_name}' has no photos yet: upload some first.")
-            source = studio.model_source(base)
-            token = studio.start(request, "train")
-            rows: list[dict] = []
-            lines: deque[str] = deque(maxlen=200)
-            grid_path, last = None, 0.0
-            head = "Starting…"
-            try:
-                for ev in train(folder, name=name.strip(), preset=preset, base=source, overrides=overrides,
-                                unlock=bool(unlock), models_dir=studio.models, resume=resume_run,
-                                validation=overrides_from(VALIDATION, validation), cancel=token):
-                    progress(ev.progress().fraction, desc=ev.describe())
-                    if isinstance(ev, StepDone):
-                        rows.append({"step": ev.step, "loss": ev.loss})
-                        head = (f"Step **{ev.step} / {ev.total}** · loss {ev.loss:.4f} · lr {ev.lr:.2e} · "
-                                f"ETA {_duration(ev.eta_s)}")
-                        lines.append(ev.describe())
-                        if time.monotonic() - last < UPDATE_EVERY_S and ev.step < ev.total:
-                            continue
-                    elif isinstance(ev, ValidationDone):
-                        grid_path = str(ev.grid)
-                        lines.append(ev.describe())
-                    elif isinstance(ev, Started):
-                        lines.extend(ev.images)
-                        lines.append(ev.describe())
-                    elif isinstance(ev, CheckpointSaved | Notice):
-                        lines.append(ev.describe())
-                    elif isinstance(ev, Finished):
-                        head = (f"{'Stopped' if ev.stopped else 'Finished'} at step {ev.step} of {ev.total}. "
-                                f"Dream with it: pick **{name.strip()} · step {ev.step}** in the Dream tab, "
-                                "or its run in *Checkpoint × seed grid*.")
-                        lines.append(ev.describe())
-                    last = time.monotonic()
-                    yield head, pd.DataFrame(rows, columns=["step", "loss"]), grid_path, "\n".join(lines)
-            finally:
-                studio.finish(request, "train", token)
+            from dreamy.training import (
+                CheckpointSaved,
+                Finished,
+                Notice,
+                Started,
+                StepDone,
+                ValidationDone,
+            )
 
-    def start_run(set_name: str, base: str, preset: str, name: str, unlock: bool, mode: str, learning_rate: float,
-                  max_train_steps: float, checkpointing_steps: float, resolution: float, train_batch_size: float,
-                  gradient_accumulation_steps: float, instance_prompt: str, class_prompt: str,
-                  validation_seeds: str, validation_width: float, validation_height: float,
-                  validation_steps: float, request: gr.Request, progress=gr.Progress()):  # noqa: B008
-        """Train a new run on a training set with the preset's recipe; streams status, loss, grid, log."""
-        values = (mode, learning_rate, max_train_steps, checkpointing_steps, resolution, train_batch_size,
-                  gradient_accumulation_steps, instance_prompt, class_prompt, validation_seeds)
-        yield from run(set_name, base, preset, name, unlock, False, values,
-                       (validation_width, validation_height, validation_steps), request, progress)
+            with user_errors("train"):
+                if blocked:
+                    raise gr.Error(blocked)
+                source = studio.model_source(base)
+                values = (mode, learning_rate, max_train_steps, checkpointing_steps, resolution, train_batch_size,
+                          gradient_accumulation_steps, instance_prompt, class_prompt, validation_seeds)
+                overrides = overrides_from(FIELDS, values)
+                validation = overrides_from(VALIDATION, (validation_width, validation_height, validation_steps))
+                rows: list[dict] = []
+                lines: deque[str] = deque(maxlen=200)
+                grid_path, last = None, 0.0
+                head = "Starting…"
+                with studio.running(request, "train") as token:
+                    for ev in train_on_set(studio.training_sets, set_name, name=name.strip(), preset=preset,
+                                           base=source, overrides=overrides, unlock=bool(unlock),
+                                           models_dir=studio.models, resume=resume, validation=validation,
+                                           cancel=token):
+                        progress(ev.progress().fraction, desc=ev.describe())
+                        if isinstance(ev, StepDone):
+                            rows.append({"step": ev.step, "loss": ev.loss})
+                            head = (f"Step **{ev.step} / {ev.total}** · loss {ev.loss:.4f} · lr {ev.lr:.2e} · "
+                                    f"ETA {_duration(ev.eta_s)}")
+                            lines.append(ev.describe())
+                            if time.monotonic() - last < UPDATE_EVERY_S and ev.step < ev.total:
+                                continue
+                        elif isinstance(ev, ValidationDone):
+                            grid_path = str(ev.grid)
+                            lines.append(ev.describe())
+                        elif isinstance(ev, Started):
+                            lines.extend(ev.images)
+                            lines.append(ev.describe())
+                        elif isinstance(ev, CheckpointSaved | Notice):
+                            lines.append(ev.describe())
+                        elif isinstance(ev, Finished):
+                            head = (f"{'Stopped' if ev.stopped else 'Finished'} at step {ev.step} of {ev.total}. "
+                                    f"Dream with it: pick **{name.strip()} · step {ev.step}** in the Dream tab, "
+                                    "or its run in *Checkpoint × seed grid*.")
+                            lines.append(ev.describe())
+                        last = time.monotonic()
+                        yield head, pd.DataFrame(rows, columns=["step", "loss"]), grid_path, "\n".join(lines)
 
-    def resume_run(set_name: str, base: str, preset: str, name: str, unlock: bool, mode: str, learning_rate: float,
-                   max_train_steps: float, checkpointing_steps: float, resolution: float, train_batch_size: float,
-                   gradient_accumulation_steps: float, instance_prompt: str, class_prompt: str,
-                   validation_seeds: str, validation_width: float, validation_height: float,
-                   validation_steps: float, request: gr.Request, progress=gr.Progress()):  # noqa: B008
-        """Continue a run from its newest checkpoint (the recipe must match; steps may grow)."""
-        values = (mode, learning_rate, max_train_steps, checkpointing_steps, resolution, train_batch_size,
-                  gradient_accumulation_steps, instance_prompt, class_prompt, validation_seeds)
-        yield from run(set_name, base, preset, name, unlock, True, values,
-                       (validation_width, validation_height, validation_steps), request, progress)
+        handler.__doc__ = doc
+        return handler
+
+    start_run = training(False, "Train a new run on a training set with the preset's recipe; streams status, "
+                                "loss, grid, log.")
+    resume_run = training(True, "Continue a run from its newest checkpoint (the recipe must match; steps may grow).")
 
     def stop_run(request: gr.Request) -> str:
         """Stop this session's training after the current step; a checkpoint is saved."""
@@ -232,21 +223,17 @@ def build(studio: Studio) -> TrainTab:
 
         with user_errors("export"):
             run = within(studio.models / check_name(run_name, "run name"), [studio.models], "run")
-            target = run
-            if step not in (None, ""):
-                found = {str(s): p for s, p in catalog.checkpoints(run)}
-                if str(step).strip() not in found:
-                    raise gr.Error(f"Run '{run.name}' has no checkpoint at step {str(step)[:20]}.")
-                target = found[str(step).strip()]
-            files = export(target, formats=[f for f in str(what).split(",") if f])
-            shown = [str(p) for p in files.values() if Path(p).is_file()]
-            shown += [str(p) for p in Path(next(iter(files.values()))).parent.glob("*.png")] if files else []
-            where = Path(next(iter(files.values()))).parent if files else run
-            return sorted(set(shown)), f"Exported {', '.join(files)} into `{where.relative_to(studio.models.parent)}`."
+            at = None if step in (None, "") else str(step).strip()
+            if at is not None and not at.isdigit():
+                raise gr.Error(f"Run '{run.name}' has no checkpoint at step {at[:20]}.")
+            files = export(run, formats=[f for f in str(what).split(",") if f], step=None if at is None else int(at))
+            shown = sorted(str(p) for p in files.values() if p.is_file())  # a diffusers folder cannot be downloaded
+            where = next(iter(files.values())).parent if files else run
+            return shown, f"Exported {', '.join(files)} into `{where.relative_to(studio.models.parent)}`."
 
     def steps_of(run_name: str):
         try:
-            found = catalog.checkpoints(studio.models / check_name(run_name, "run name"))
+            found = checkpoints(studio.models / check_name(run_name, "run name"))
         except DreamyError:
             found = []
         return gr.update(choices=[str(s) for s, _ in reversed(found)], value=None)
@@ -274,15 +261,6 @@ def build(studio: Studio) -> TrainTab:
         return [*locked_updates("sweet-spot", "train", FIELDS, False), *show_set(set_name.value, 512)]
 
     return TrainTab([ev_start, ev_resume], init, [*fields, thumbs, problems])
-
-
-def _export_missing() -> str | None:
-    try:
-        from dreamy.training import export  # noqa: F401
-    except Exception:  # noqa: BLE001 - absent or broken: say so, keep the rest of the studio up
-        return "Export arrives with the Train engine's `dreamy.training.export()`; until then the checkpoints " \
-               "under models/<run>/checkpoints/ are the trained models (pick them in Dream)."
-    return None
 
 
 def _duration(seconds: float) -> str:

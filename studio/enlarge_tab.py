@@ -1,33 +1,24 @@
 """The Enlarge tab: a picture from Dream (or an upload), locked SUPIR settings, before/after slider.
 
 It calls ``dreamy.enlarging.enlarge(image, preset, overrides=, unlock=, out_dir=, on_progress=,
-cancel=)`` -> a result with ``.path`` (the PNG, recipe inside). Until the engine provides that
-function, the tab says so and its button stays off: no output is ever faked.
+cancel=)`` -> a result with ``.path`` (the PNG, recipe inside) and ``.upscaled`` (the input at the
+output size, for the slider).
 """
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
 
-from app_common import (
-    GPU,
-    Studio,
-    field_widget,
-    lock_toggled,
-    locked_updates,
-    on_gpu,
-    overrides_from,
-    preset_description,
-    user_errors,
-)
 from dreamy.errors import Cancelled
-from dreamy.layout import release_if_empty
 from dreamy.recipes.presets import list_presets
 from dreamy.recipes.settings import EnlargeSettings
+
+from .errors import on_gpu, user_errors
+from .session import GPU, Studio
+from .widgets import field_widget, lock_toggled, locked_updates, overrides_from, preset_description
 
 FIELDS = ["supir_model", "upscale", "steps", "s_cfg", "spt_linear_cfg", "control_scale", "s_stage1", "s_churn",
           "s_noise", "color_fix", "positive_prompt", "negative_prompt"]
@@ -40,23 +31,7 @@ class EnlargeTab:
     init_outputs: list
 
 
-def engine() -> tuple[Any, str | None]:
-    """(the engine's enlarge function, None) or (None, why the tab is off)."""
-    try:
-        module = importlib.import_module("dreamy.enlarging")
-    except Exception as e:  # noqa: BLE001 - a broken engine must not take the whole studio down
-        return None, f"The Enlarge engine failed to load ({type(e).__name__}: {e!s:.120})."
-    fn = getattr(module, "enlarge", None)
-    if fn is None:
-        return None, ("Enlarge is not available in this build yet: the SUPIR engine (`dreamy.enlarging`) does not "
-                      "provide `enlarge()` so far. Dream and Train work; pictures sent here wait for it.")
-    return fn, None
-
-
 def build(studio: Studio) -> EnlargeTab:
-    fn, missing = engine()
-    if missing:
-        gr.Markdown(f"⚠ {missing}", elem_classes="dreamy-warning", elem_id="enlarge-missing")
     with gr.Row(equal_height=False):
         with gr.Column(scale=2, min_width=360):
             image = gr.Image(label="Picture to enlarge (from Dream, or upload)", type="filepath", format="png",
@@ -74,7 +49,7 @@ def build(studio: Studio) -> EnlargeTab:
                 widgets |= {n: field_widget(EnlargeSettings, n) for n in FIELDS[10:]}
             fields = [widgets[n] for n in FIELDS]
             with gr.Row():
-                go = gr.Button("Enlarge", variant="primary", interactive=fn is not None, elem_id="enlarge-go")
+                go = gr.Button("Enlarge", variant="primary", elem_id="enlarge-go")
                 stop = gr.Button("Stop", variant="stop")
         with gr.Column(scale=3, min_width=420):
             slider = gr.ImageSlider(label="Before / after", type="filepath", format="png", height=520)
@@ -84,27 +59,22 @@ def build(studio: Studio) -> EnlargeTab:
     def enlarge(image: str | None, preset: str, unlock: bool, supir_model: str, upscale: float, steps: float,
                 s_cfg: float, spt_linear_cfg: float, control_scale: float, s_stage1: float, s_churn: float,
                 s_noise: float, color_fix: str, positive_prompt: str, negative_prompt: str,
-                request: gr.Request, progress=gr.Progress()):  # noqa: B008
+                request: gr.Request, progress=gr.Progress()):
         """Enlarge a picture with SUPIR and the preset's locked settings; returns before/after and the PNG."""
         with user_errors("enlarge"):
-            run, why = engine()
-            if run is None:
-                raise gr.Error(why)
+            from dreamy.enlarging import enlarge as core_enlarge
+
             if not image:
                 raise gr.Error("Choose a picture first: send one from Dream, or upload one.")
             values = (supir_model, upscale, steps, s_cfg, spt_linear_cfg, control_scale, s_stage1, s_churn, s_noise,
                       color_fix, positive_prompt, negative_prompt)
-            out = studio.run_dir("enlarge")
-            token = studio.start(request, "enlarge")
-            try:
-                result = run(image, preset, overrides=overrides_from(FIELDS, values), unlock=bool(unlock),
-                             out_dir=out, on_progress=lambda e: progress(e.fraction, desc=e.message), cancel=token)
-            except Cancelled:
-                release_if_empty(out)
-                return None, "Stopped.", None
-            finally:
-                studio.finish(request, "enlarge", token)
-                release_if_empty(out)
+            with studio.job_folder("enlarge") as out, studio.running(request, "enlarge") as token:
+                try:
+                    result = core_enlarge(image, preset, overrides=overrides_from(FIELDS, values), unlock=bool(unlock),
+                                          out_dir=out, on_progress=lambda e: progress(e.fraction, desc=e.message),
+                                          cancel=token)
+                except Cancelled:
+                    return None, "Stopped.", None
             # before = the input after SUPIR's own Lanczos upscale, so the slider compares like with like
             notes = f" · {'; '.join(result.notes)}" if result.notes else ""
             return (result.upscaled, str(result.path)), f"Enlarged · `{result.path.name}`{notes}", str(result.path)

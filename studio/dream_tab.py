@@ -3,34 +3,24 @@ recall from a PNG, the checkpoint x seed grid, prompt sweeps, and hand-offs to E
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
-from app_common import (
-    GPU,
-    Studio,
-    as_int,
-    field_widget,
-    lock_toggled,
-    locked_updates,
-    on_gpu,
-    overrides_from,
-    preset_description,
-    user_errors,
-)
-from dreamy import catalog
 from dreamy.errors import Cancelled, DreamyError
-from dreamy.layout import release_if_empty
+from dreamy.layout import model_choices as layout_model_choices
+from dreamy.layout import runs
 from dreamy.models.sources import DEFAULT_MODEL
 from dreamy.paths import within
-from dreamy.recipes.presets import list_presets, load_preset
-from dreamy.recipes.recipe import resolve
-from dreamy.recipes.seeds import parse_seeds
+from dreamy.recipes.presets import list_presets
 from dreamy.recipes.settings import DreamSettings
+
+from .errors import on_gpu, user_errors
+from .gallery import stream_into_gallery
+from .session import GPU, Studio
+from .widgets import as_int, field_widget, lock_toggled, locked_updates, overrides_from, preset_description
 
 FIELDS = ["prompt", "negative_prompt", "guidance", "steps", "width", "height"]
 DREAM_JOBS = ("dream", "sweep", "grid", "recall")
@@ -41,13 +31,10 @@ SEEDS_HELP = "7 · 0-15 · 1,5,9 · 100-200:10"
 class DreamTab:
     model: gr.Dropdown
     run: gr.Dropdown
-    gallery: gr.Gallery
     paths: gr.State
     selected: gr.State
     send_enlarge: gr.Button
     send_particles: gr.Button
-    status: gr.Markdown
-    fields: list
     send: Any  # (paths, selected index) -> the selected picture's path
     init: Any  # page load: () -> updates for init_outputs
     init_outputs: list
@@ -58,35 +45,7 @@ def model_choices(studio: Studio) -> list[tuple[str, str]]:
     for extra in (studio.default_model, *studio.extra_models):
         if extra not in (v for _, v in base):
             base.append((extra, extra))
-    return catalog.model_choices(studio.models, base)
-
-
-def _gallery(results: list) -> list[tuple[str, str]]:
-    return [(str(r.path), f"seed {r.seed}") for r in results]
-
-
-def _cells(cells: list) -> list[tuple[str, str]]:
-    return [(str(c.image.path), f"{c.row + 1} · seed {c.image.seed}") for c in cells]
-
-
-def _cell_paths(cells: list) -> list[str]:
-    return [str(c.image.path) for c in cells]
-
-
-def _where(studio: Studio, folder: Path) -> str:
-    try:
-        return str(folder.relative_to(studio.outputs.parent))
-    except ValueError:
-        return str(folder)
-
-
-def _prepare(studio: Studio, model: str, preset: str, seeds: str, unlock: bool, values: tuple) -> tuple:
-    """Everything checked before a model is loaded or a folder made: source, locks, seeds."""
-    source = studio.model_source(model)
-    p = load_preset(preset)
-    recipe = resolve(p, "dream", overrides_from(FIELDS, values), bool(unlock))
-    seed_list = parse_seeds(seeds)
-    return source, p, recipe, seed_list
+    return layout_model_choices(studio.models, base)
 
 
 def build(studio: Studio) -> DreamTab:
@@ -132,7 +91,7 @@ def build(studio: Studio) -> DreamTab:
                 gr.Markdown("Dreams the seeds above on every checkpoint of a training run (rows) with this preset.",
                             elem_classes="dreamy-note")
                 with gr.Row():
-                    run = gr.Dropdown(catalog.runs(studio.models), label="Training run", scale=3,
+                    run = gr.Dropdown(runs(studio.models), label="Training run", scale=3,
                                       allow_custom_value=True)  # checked: must lie inside models/
                     which = gr.Textbox("all", label="Checkpoints", info="all, or steps: 200,400 · 0-1200:200", scale=2)
                 grid_go = gr.Button("Dream the grid", variant="primary")
@@ -162,92 +121,42 @@ def build(studio: Studio) -> DreamTab:
 
     def dream(model: str, preset: str, seeds: str, unlock: bool, batch_size: float, prompt: str,
               negative_prompt: str, guidance: float, steps: float, width: float, height: float,
-              request: gr.Request, progress=gr.Progress()):  # noqa: B008
+              request: gr.Request, progress=gr.Progress()):
         """Dream every seed with the preset (locked fields can only change with unlock=True); streams PNGs."""
-        from dreamy.dreaming.contact_sheet import write_contact_sheet
-        from dreamy.dreaming.dreams import dream_iter
-        from dreamy.models.sources import cached_model
+        from dreamy.dreaming.dreams import dream_stream
 
         with user_errors("dream"):
-            values = (prompt, negative_prompt, guidance, steps, width, height)
-            source, p, recipe, seed_list = _prepare(studio, model, preset, seeds, unlock, values)
+            source = studio.model_source(model)
             bs = as_int(batch_size, "Batch size")
-            m = cached_model(source, precision=p.dream.precision)
-            out = studio.run_dir("dream")
-            token = studio.start(request, "dream")
-            results, stopped = [], False
-            demo = f" · {m.ref.label}" if m.is_demo else ""
-            try:
-                try:
-                    for r in dream_iter(m, seeds=seed_list, recipe=recipe, out_dir=out, batch_size=bs,
-                                        on_progress=lambda e: progress(e.fraction, desc=e.message), cancel=token):
-                        results.append(r)
-                        yield _gallery(results), None, f"{len(results)} of {len(seed_list)} · " \
-                            f"`{_where(studio, out)}`{demo}", [str(r.path) for r in results], None
-                except Cancelled:
-                    stopped = True
-                if not results:
-                    release_if_empty(out)
-                    final = ([], None, "Stopped before the first image.", [], None)
-                else:
-                    sheet_path = (write_contact_sheet(results, out / "contact-sheet.png") if len(results) > 1
-                                  else results[0].path)
-                    note = f"Stopped after {len(results)} of {len(seed_list)}" if stopped else f"{len(results)} dreamed"
-                    final = (_gallery(results), str(sheet_path), f"{note} · `{_where(studio, out)}`{demo}",
-                             [str(r.path) for r in results], None)
-                if stopped:
-                    studio.record(request, (final[2], final[1]))
-            finally:
-                studio.finish(request, "dream", token)
-            yield final
+            overrides = overrides_from(FIELDS, (prompt, negative_prompt, guidance, steps, width, height))
+            yield from stream_into_gallery(
+                studio, request, "dream", "dream",
+                lambda token, out: dream_stream(source, preset, seeds, out_dir=out, overrides=overrides,
+                                                unlock=bool(unlock), batch_size=bs, keep_loaded=True, cancel=token,
+                                                on_progress=lambda e: progress(e.fraction, desc=e.message)),
+                caption=lambda r: (r.path, f"seed {r.seed}"),
+                label=lambda r: f" · {r.recipe.model.label}" if r.recipe.model.kind == "tiny" else "")
 
     def prompt_sweep(model: str, preset: str, seeds: str, unlock: bool, variants: str, negative_prompt: str,
                      guidance: float, steps: float, width: float, height: float,
-                     request: gr.Request, progress=gr.Progress()):  # noqa: B008
+                     request: gr.Request, progress=gr.Progress()):
         """Dream each prompt variant (one per line; {prompt} = the preset's) × every seed; a labelled grid."""
-        from dreamy.dreaming.prompt_sweeps import expand_prompts, prompt_sweep_iter, write_prompt_grid
-        from dreamy.models.sources import cached_model
+        from dreamy.dreaming.prompt_sweeps import prompt_sweep_stream
 
         with user_errors("sweep"):
-            p = load_preset(preset)
-            prompts = expand_prompts(variants, p.dream.prompt)
-            overrides = overrides_from(FIELDS[1:], (negative_prompt, guidance, steps, width, height))
             source = studio.model_source(model)
-            for prompt in prompts:  # every variant passes the locks before any work
-                resolve(p, "dream", {**overrides, "prompt": prompt}, bool(unlock))
-            seed_list = parse_seeds(seeds)
-            m = cached_model(source, precision=p.dream.precision)
-            out = studio.run_dir("prompt-sweep")
-            token = studio.start(request, "sweep")
-            cells, stopped = [], False
-            total = len(prompts) * len(seed_list)
-            try:
-                try:
-                    for c in prompt_sweep_iter(m, p, prompts, seed_list, out, overrides=overrides,
-                                               unlock=bool(unlock), cancel=token,
-                                               on_progress=lambda e: progress(e.fraction, desc=e.message)):
-                        cells.append(c)
-                        yield _cells(cells), None, f"{len(cells)} of {total}", _cell_paths(cells), None, None
-                except Cancelled:
-                    stopped = True
-                if not cells:
-                    release_if_empty(out)
-                    final = ([], None, "Stopped before the first image.", [], None, None)
-                else:
-                    grid_path = str(write_prompt_grid(cells, out / "prompt-grid.png"))
-                    (out / "prompts.json").write_text(json.dumps(prompts, indent=1))
-                    note = f"Stopped after {len(cells)} of {total}" if stopped else f"{len(cells)} dreamed"
-                    final = (_cells(cells), grid_path, f"{note} · `{_where(studio, out)}`", _cell_paths(cells), None,
-                             grid_path)
-                if stopped:
-                    studio.record(request, (final[2], final[1]))
-            finally:
-                studio.finish(request, "sweep", token)
-            yield final
+            overrides = overrides_from(FIELDS[1:], (negative_prompt, guidance, steps, width, height))
+            for update in stream_into_gallery(
+                    studio, request, "sweep", "prompt-sweep",
+                    lambda token, out: prompt_sweep_stream(source, preset, variants, seeds, out, overrides=overrides,
+                                                           unlock=bool(unlock), keep_loaded=True, cancel=token,
+                                                           on_progress=lambda e: progress(e.fraction, desc=e.message)),
+                    caption=lambda c: (c.image.path, f"{c.row + 1} · seed {c.image.seed}")):
+                yield *update, update[1]  # the grid also shows in the sweep's own image
 
     def checkpoint_grid(run: str, checkpoints: str, preset: str, seeds: str, unlock: bool, prompt: str,
                         negative_prompt: str, guidance: float, steps: float, width: float, height: float,
-                        request: gr.Request, progress=gr.Progress()):  # noqa: B008
+                        request: gr.Request, progress=gr.Progress()):
         """Dream the seeds on every checkpoint of a training run (checkpoints as rows): the "find the window" grid."""
         from dreamy.dreaming.sweeps import sweep
 
@@ -256,21 +165,15 @@ def build(studio: Studio) -> DreamTab:
                 raise gr.Error("Choose a training run (runs appear here once Train has saved a checkpoint).")
             folder = within(run, [studio.models], "training run")
             overrides = overrides_from(FIELDS, (prompt, negative_prompt, guidance, steps, width, height))
-            resolve(load_preset(preset), "dream", overrides, bool(unlock))
-            parse_seeds(seeds)
-            out = studio.run_dir("checkpoint-grid")
-            token = studio.start(request, "grid")
-            try:
-                sweep(str(folder), preset, seeds, out, checkpoints=checkpoints.strip() or None, overrides=overrides,
-                      unlock=bool(unlock), on_progress=lambda e: progress(e.fraction, desc=e.message), cancel=token)
-            except Cancelled:
-                return None, None, "Stopped; the finished images are kept in " + f"`{_where(studio, out)}`."
-            finally:
-                studio.finish(request, "grid", token)
-            grid_path = out / "grid.png"
-            if not grid_path.exists():  # a single checkpoint: its contact sheet is the grid
-                grid_path = next(out.glob("*/contact-sheet*.png"))
-            return str(grid_path), str(grid_path), f"Grid of {folder.name} · `{_where(studio, out)}`"
+            with studio.job_folder("checkpoint-grid") as out, studio.running(request, "grid") as token:
+                try:
+                    drawn = sweep(str(folder), preset, seeds, out, checkpoints=checkpoints.strip() or None,
+                                  overrides=overrides, unlock=bool(unlock),
+                                  on_progress=lambda e: progress(e.fraction, desc=e.message), cancel=token)
+                except Cancelled:
+                    return None, None, f"Stopped; the finished images are kept in `{studio.where(out)}`."
+            grid_path = str(drawn["grid"] or drawn["sheets"][0])  # one checkpoint: its contact sheet is the grid
+            return grid_path, grid_path, f"Grid of {folder.name} · `{studio.where(out)}`"
 
     def read_recipe(png: str | None) -> str:
         """What a PNG says about how it was made (Dreamy recipe, or a foreign tool's parameters)."""
@@ -281,46 +184,30 @@ def build(studio: Studio) -> DreamTab:
         with user_errors("recall"):
             return _describe(describe_png(png))
 
-    def recall(png: str | None, progress=gr.Progress()):  # noqa: B008
+    def recall(png: str | None, progress=gr.Progress()):
         """Re-create a Dreamy PNG from its recipe (same model, seed and settings)."""
         from dreamy.dreaming.dreams import recall as core_recall
-        from dreamy.models.sources import cached_model
-        from dreamy.png.metadata import read_recipe as core_read
 
         with user_errors("recall"):
             if not png:
                 raise gr.Error("Drop a PNG made by Dreamy first.")
-            recipe = core_read(Path(png))
-            if recipe.job != "dream" or recipe.model is None:
-                raise gr.Error("Only dreamed images can be re-dreamed.")
-            source = studio.model_source(recipe.model.source)  # a PNG may name any path: check it
-            m = cached_model(source, precision=recipe.settings.precision)
             progress(0, desc="re-dreaming")
-            out = studio.run_dir("recall")
-            try:
-                r = core_recall(png, out_dir=out, model=m)
-            finally:
-                release_if_empty(out)
-            return str(r.path), f"Re-dreamed seed {r.seed} · `{_where(studio, out)}`"
+            with studio.job_folder("recall") as out:  # the model a PNG names is checked: it may name any path
+                r = core_recall(png, out_dir=out, device="auto", keep_loaded=True, check_source=studio.model_source)
+            return str(r.path), f"Re-dreamed seed {r.seed} · `{studio.where(out)}`"
 
     def use_settings(png: str | None, current_preset: str):
-        from dreamy.png.info import describe_png
+        from dreamy.png.info import dream_form
 
         with user_errors("recall"):
             if not png:
                 raise gr.Error("Drop a PNG first.")
-            info = describe_png(png)
-            if info.kind == "none":
-                raise gr.Error(info.message)
-            name = info.preset if info.preset in list_presets() else current_preset
-            p = load_preset(name)
-            base = {k: getattr(p.dream, k) for k in FIELDS}
-            values = {**base, **info.values}
-            needs_unlock = any(values[k] != base[k] for k in FIELDS if k in p.locked.get("dream", ()))
-            seed = str(info.seed) if info.seed is not None else gr.update()
-            mdl = info.model if info.model and _allowed(studio, info.model) else gr.update()
-            return [gr.update(value=name), seed, needs_unlock, mdl,
-                    *locked_updates(name, "dream", FIELDS, needs_unlock, values)]
+            form = dream_form(png, current_preset)
+            needs_unlock = bool(form.unlock)
+            seed = str(form.seed) if form.seed is not None else gr.update()
+            mdl = form.model if form.model and _allowed(studio, form.model) else gr.update()
+            return [gr.update(value=form.preset), seed, needs_unlock, mdl,
+                    *locked_updates(form.preset, "dream", FIELDS, needs_unlock, form.values)]
 
     def select(evt: gr.SelectData):
         return evt.index
@@ -336,9 +223,9 @@ def build(studio: Studio) -> DreamTab:
         with user_errors("curation"):
             path = send(paths, index)
             within(path, [studio.outputs], "picture")
-            added, _ = add_to_training_set([path], name, studio.training_sets)
-            count = len([f for f in (studio.training_sets / name.strip()).iterdir() if not f.name.startswith(".")])
-            return f"Added `{Path(path).name}` to training set **{name.strip()}** ({count} files); train on it in the Train tab."
+            kept = add_to_training_set([path], name, studio.training_sets)
+            return (f"Added `{Path(path).name}` to training set **{kept.name}** ({kept.files} files); "
+                    "train on it in the Train tab.")
 
     def grow_prompt(word: str, unlock: bool):
         from dreamy.prompt_helper import expand
@@ -381,13 +268,12 @@ def build(studio: Studio) -> DreamTab:
     def init():
         return locked_updates("biased-dreams", "dream", FIELDS, False)
 
-    return DreamTab(model, run, gallery, paths, selected, send_enlarge, send_particles, status, fields, send,
-                    init, fields)
+    return DreamTab(model, run, paths, selected, send_enlarge, send_particles, send, init, fields)
 
 
 def refresh_pickers(studio: Studio):
     """New runs and checkpoints appear in the pickers (after training, or on page load)."""
-    return gr.update(choices=model_choices(studio)), gr.update(choices=catalog.runs(studio.models))
+    return gr.update(choices=model_choices(studio)), gr.update(choices=runs(studio.models))
 
 
 def _allowed(studio: Studio, source: str) -> bool:
@@ -404,20 +290,4 @@ def _describe(info: Any) -> str:
     if info.kind == "foreign":
         rows = "\n".join(f"| {k} | {str(v)[:200]} |" for k, v in info.parameters.items() if v not in ("", None))
         return f"{info.message}\n\n| parameter | value |\n|---|---|\n{rows}"
-    r = info.recipe
-    s = r.settings
-    model = "?"
-    if r.model:
-        step = f", step {r.model.checkpoint_step}" if r.model.checkpoint_step is not None else ""
-        model = f"{r.model.label} (`{r.model.short_hash}`{step})"
-    lines = [f"**Dreamy recipe** · preset **{r.preset}** · seed **{r.seed}** · model {model}",
-             f"> {s.prompt}" if getattr(s, "prompt", "") else "",
-             f"negative: {s.negative_prompt}" if getattr(s, "negative_prompt", "") else "",
-             f"guidance {s.guidance} · {s.steps} {s.sampler} steps · {s.width}×{s.height} · {s.precision}"
-             if r.job == "dream" else f"a {r.job} recipe"]
-    if r.unlocked:
-        lines.append("unlocked: " + ", ".join(f"{k} {v.get('preset')!r} → {v.get('value')!r}" for k, v in r.unlocked.items()))
-    rt = r.runtime
-    if rt:
-        lines.append(f"made on {rt.get('device', '?')} in {rt.get('dtype', '?')}")
-    return "\n\n".join(x for x in lines if x)
+    return info.recipe.summary(markdown=True)
