@@ -79,6 +79,20 @@ class ExportError(DreamyError):
     """An export was asked for something the checkpoint does not have."""
 
 
+class NonFiniteOutput(DreamyError):
+    """A model produced NaN/inf (damaged weights, a diverged sampler); nothing was saved."""
+
+
+def check_finite(tensor, what: str = "model") -> None:
+    """Raise :class:`NonFiniteOutput` when ``tensor`` holds NaN or inf: the one check every picture
+    (dream, sweeps, validation renders, enlarge) passes before it is saved."""
+    import torch
+
+    if not bool(torch.isfinite(tensor).all()):
+        raise NonFiniteOutput(f"The {what} produced NaN/inf values; its weights look damaged (or the settings "
+                              "made the sampler diverge), so nothing was saved.")
+
+
 # --- Any job: stopped, or out of memory ----------------------------------------------------------------
 
 class Cancelled(DreamyError):

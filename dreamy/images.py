@@ -27,7 +27,21 @@ _FORMATS = {
     ".png": "PNG", ".apng": "PNG", ".webp": "WEBP", ".bmp": "BMP", ".dib": "BMP",
     ".tif": "TIFF", ".tiff": "TIFF", ".gif": "GIF", ".tga": "TGA", ".qoi": "QOI",
     ".ppm": "PPM", ".pgm": "PPM", ".pbm": "PPM", ".pnm": "PPM", ".avif": "AVIF",
+    ".heic": "HEIF", ".heif": "HEIF", ".hif": "HEIF",  # iPhone photos, through pillow-heif
 }
+
+
+def _register_heif() -> bool:
+    """Teach Pillow HEIC/HEIF (iPhone photos) through pillow-heif, when it is installed."""
+    try:
+        from pillow_heif import register_heif_opener
+    except ImportError:
+        return False
+    register_heif_opener()
+    return True
+
+
+_HEIF = _register_heif()
 IMAGE_SUFFIXES = frozenset(_FORMATS)
 
 
@@ -57,6 +71,30 @@ class LoadedImage:
 def max_pixels() -> int:
     """Pillow's decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``, 89.5 MP unless changed)."""
     return int(Image.MAX_IMAGE_PIXELS or 1 << 40)
+
+
+_MAGIC = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF8", "GIF"), (b"BM", "BMP"),
+          (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"qoif", "QOI"))
+_HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1")
+
+
+def sniff(path: str | os.PathLike) -> str | None:
+    """The picture format a file's first bytes announce (Pillow's format name), whatever its suffix;
+    None when they announce none (or the file cannot be read)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(32)
+    except OSError:
+        return None
+    if head[4:8] == b"ftyp":
+        brand = head[8:12]
+        if brand in (b"avif", b"avis"):
+            return "AVIF"
+        if brand in _HEIF_BRANDS:
+            return "HEIF"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WEBP"
+    return next((fmt for magic, fmt in _MAGIC if head.startswith(magic)), None)
 
 
 def is_image_name(path: str | os.PathLike) -> bool:
@@ -89,6 +127,10 @@ def load_image(
         raise ImageError(f"{name}: the image is absurdly large (a possible decompression bomb); "
                          f"downscale it below {limit / 1e6:.0f} megapixels.") from None
     except UnidentifiedImageError:
+        kind = sniff(p)
+        if kind is not None and kind not in _DECODERS:
+            raise ImageError(f"{name}: a {kind} picture, which this installation cannot decode"
+                             + (" (pip install pillow-heif)." if kind == "HEIF" else "; convert it to PNG or JPEG.")) from None
         raise ImageError(f"{name}: not an image in a supported format ({', '.join(_DECODERS)}), "
                          "or the file is corrupt.") from None
     except OSError as e:
@@ -205,6 +247,12 @@ def image_files(source: str | os.PathLike | Iterable[str | os.PathLike]) -> tupl
         elif p.suffix.lower() == ".txt":
             if p.stem not in stems:
                 skipped.append(f"{p.name}: a caption with no image of the same name")
+        elif (kind := sniff(p)) is not None:  # a picture under another name: say what it is
+            if kind in _DECODERS:
+                files.append(p)
+            else:
+                skipped.append(f"{p.name}: a {kind} picture this installation cannot decode"
+                               + (" (pip install pillow-heif)" if kind == "HEIF" else ""))
         else:
             skipped.append(f"{p.name}: not an image file")
     return files, skipped

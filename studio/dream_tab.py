@@ -20,6 +20,7 @@ from dreamy.recipes.settings import DreamSettings
 from .errors import on_gpu, user_errors
 from .gallery import stream_into_gallery
 from .session import GPU, Studio
+from .typed import typed
 from .widgets import as_int, field_widget, lock_toggled, locked_updates, overrides_from, preset_description
 
 FIELDS = ["prompt", "negative_prompt", "guidance", "steps", "width", "height"]
@@ -79,9 +80,10 @@ def build(studio: Studio) -> DreamTab:
                 with gr.Row():
                     word = gr.Textbox(label="One word", scale=3)
                     grow = gr.Button("Grow a prompt", scale=1)
-            with gr.Accordion("Recall: drop a PNG to see and re-dream its recipe", open=False):
-                recall_png = gr.File(label="PNG", file_types=[".png"], type="filepath", height=120,
-                                     elem_id="dream-recall")
+            with gr.Accordion("Recall: drop a PNG (or another tool's JPEG/WebP) to see and re-dream its recipe",
+                              open=False):
+                recall_png = gr.File(label="PNG, JPEG or WebP", file_types=[".png", ".jpg", ".jpeg", ".webp"],
+                                     type="filepath", height=120, elem_id="dream-recall")
                 recall_info = gr.Markdown()
                 with gr.Row():
                     recall_use = gr.Button("Use its settings")
@@ -132,7 +134,7 @@ def build(studio: Studio) -> DreamTab:
             yield from stream_into_gallery(
                 studio, request, "dream", "dream",
                 lambda token, out: dream_stream(source, preset, seeds, out_dir=out, overrides=overrides,
-                                                unlock=bool(unlock), batch_size=bs, keep_loaded=True, cancel=token,
+                                                unlock=unlock, batch_size=bs, keep_loaded=True, cancel=token,
                                                 on_progress=lambda e: progress(e.fraction, desc=e.message)),
                 caption=lambda r: (r.path, f"seed {r.seed}"),
                 label=lambda r: f" · {r.recipe.model.label}" if r.recipe.model.kind == "tiny" else "")
@@ -149,7 +151,7 @@ def build(studio: Studio) -> DreamTab:
             for update in stream_into_gallery(
                     studio, request, "sweep", "prompt-sweep",
                     lambda token, out: prompt_sweep_stream(source, preset, variants, seeds, out, overrides=overrides,
-                                                           unlock=bool(unlock), keep_loaded=True, cancel=token,
+                                                           unlock=unlock, keep_loaded=True, cancel=token,
                                                            on_progress=lambda e: progress(e.fraction, desc=e.message)),
                     caption=lambda c: (c.image.path, f"{c.row + 1} · seed {c.image.seed}")):
                 yield *update, update[1]  # the grid also shows in the sweep's own image
@@ -168,7 +170,7 @@ def build(studio: Studio) -> DreamTab:
             with studio.job_folder("checkpoint-grid") as out, studio.running(request, "grid") as token:
                 try:
                     drawn = sweep(str(folder), preset, seeds, out, checkpoints=checkpoints.strip() or None,
-                                  overrides=overrides, unlock=bool(unlock),
+                                  overrides=overrides, unlock=unlock,
                                   on_progress=lambda e: progress(e.fraction, desc=e.message), cancel=token)
                 except Cancelled:
                     return None, None, f"Stopped; the finished images are kept in `{studio.where(out)}`."
@@ -176,7 +178,8 @@ def build(studio: Studio) -> DreamTab:
             return grid_path, grid_path, f"Grid of {folder.name} · `{studio.where(out)}`"
 
     def read_recipe(png: str | None) -> str:
-        """What a PNG says about how it was made (Dreamy recipe, or a foreign tool's parameters)."""
+        """What a PNG (or a JPEG/WebP) says about how it was made: a Dreamy recipe, or another tool's
+        parameters (A1111/Forge, Fooocus, ComfyUI)."""
         from dreamy.png.info import describe_png
 
         if not png:
@@ -239,11 +242,14 @@ def build(studio: Studio) -> DreamTab:
     # ---- wiring ----
     gpu = {"concurrency_id": GPU, "concurrency_limit": 1}
     outs = [gallery, sheet, status, paths, selected]
-    dream_ev = go.click(on_gpu(dream), [model, preset, seeds, unlock, batch, *fields], outs, api_name="dream", **gpu)
-    sweep_ev = sweep_go.click(on_gpu(prompt_sweep), [model, preset, seeds, unlock, variants, *fields[1:]],
-                              [*outs, sweep_img], api_name="prompt_sweep", **gpu)
-    grid_ev = grid_go.click(on_gpu(checkpoint_grid), [run, which, preset, seeds, unlock, *fields],
-                            [grid_img, sheet, status], api_name="checkpoint_grid", **gpu)
+    # typed(): every value from the page or an API client must have its widget's type (studio/typed.py)
+    ins = [model, preset, seeds, unlock, batch, *fields]
+    dream_ev = go.click(on_gpu(typed(dream, ins)), ins, outs, api_name="dream", **gpu)
+    ins = [model, preset, seeds, unlock, variants, *fields[1:]]
+    sweep_ev = sweep_go.click(on_gpu(typed(prompt_sweep, ins)), ins, [*outs, sweep_img], api_name="prompt_sweep", **gpu)
+    ins = [run, which, preset, seeds, unlock, *fields]
+    grid_ev = grid_go.click(on_gpu(typed(checkpoint_grid, ins)), ins, [grid_img, sheet, status],
+                            api_name="checkpoint_grid", **gpu)
     recall_ev = recall_go.click(on_gpu(recall), [recall_png], [recall_out, status], api_name="recall", **gpu)
     def stop_jobs(request: gr.Request):
         """Stop this session's running dream, sweep or grid at its next step; finished images are kept.
@@ -288,6 +294,16 @@ def _describe(info: Any) -> str:
     if info.kind == "none":
         return f"⚠ {info.message}"
     if info.kind == "foreign":
-        rows = "\n".join(f"| {k} | {str(v)[:200]} |" for k, v in info.parameters.items() if v not in ("", None))
-        return f"{info.message}\n\n| parameter | value |\n|---|---|\n{rows}"
+        from dreamy.png.info import reproducible
+
+        rows = "\n".join(f"| {_cell(k)} | {_cell(v)} |" for k, v in info.parameters.items() if v not in ("", None))
+        can, cannot = reproducible(info)
+        uses = (f"\n\n*Use its settings* puts back its {', '.join(can) or 'nothing'}"
+                + (f"; not its {', '.join(cannot)[:300]}" if cannot else "") + ".")
+        return f"{info.message}{uses}\n\n| parameter | value |\n|---|---|\n{rows}"
     return info.recipe.summary(markdown=True)
+
+
+def _cell(v: Any) -> str:
+    """A foreign value as one Markdown table cell: one line, no pipes, at most 200 characters."""
+    return " ".join(str(v).split()).replace("|", "\\|")[:200]

@@ -18,6 +18,7 @@ from dreamy.recipes.settings import EnlargeSettings
 
 from .errors import on_gpu, user_errors
 from .session import GPU, Studio
+from .typed import typed
 from .widgets import field_widget, lock_toggled, locked_updates, overrides_from, preset_description
 
 FIELDS = ["supir_model", "upscale", "steps", "s_cfg", "spt_linear_cfg", "control_scale", "s_stage1", "s_churn",
@@ -34,8 +35,10 @@ class EnlargeTab:
 def build(studio: Studio) -> EnlargeTab:
     with gr.Row(equal_height=False):
         with gr.Column(scale=2, min_width=360):
+            # image_mode=None: Gradio hands over the uploaded file itself, unconverted (its default, RGB,
+            # would flatten a cut-out on black and clip 16 bits); the core reads it as the CLI does.
             image = gr.Image(label="Picture to enlarge (from Dream, or upload)", type="filepath", format="png",
-                             sources=["upload", "clipboard"], height=300)
+                             image_mode=None, sources=["upload", "clipboard"], height=300)
             preset = gr.Dropdown(list_presets(), value="biased-dreams", label="Preset")
             description = gr.Markdown(preset_description("biased-dreams"), elem_classes="dreamy-note")
             gr.Markdown("SUPIR's weights (v0Q, v0F) are licensed for **non-commercial use only**.",
@@ -70,7 +73,7 @@ def build(studio: Studio) -> EnlargeTab:
                       color_fix, positive_prompt, negative_prompt)
             with studio.job_folder("enlarge") as out, studio.running(request, "enlarge") as token:
                 try:
-                    result = core_enlarge(image, preset, overrides=overrides_from(FIELDS, values), unlock=bool(unlock),
+                    result = core_enlarge(image, preset, overrides=overrides_from(FIELDS, values), unlock=unlock,
                                           out_dir=out, on_progress=lambda e: progress(e.fraction, desc=e.message),
                                           cancel=token)
                 except Cancelled:
@@ -83,7 +86,8 @@ def build(studio: Studio) -> EnlargeTab:
         """Stop this session's enlargement at its next step."""
         return "Stopping…" if studio.stop(request, ["enlarge"]) else "Nothing of yours is running."
 
-    ev = go.click(on_gpu(enlarge), [image, preset, unlock, *fields], [slider, status, download],
+    ins = [image, preset, unlock, *fields]  # typed(): each value must have its widget's type (studio/typed.py)
+    ev = go.click(on_gpu(typed(enlarge, ins)), ins, [slider, status, download],
                   api_name="enlarge", concurrency_id=GPU, concurrency_limit=1)
     stop.click(stop_job, None, status, api_name="stop_enlarge", cancels=[ev], concurrency_limit=None, queue=False)
     preset.input(lambda name, u: [preset_description(name), *locked_updates(name, "enlarge", FIELDS, u)],

@@ -37,6 +37,12 @@ def stream_into_gallery(
     def gallery() -> list[tuple[str, str]]:
         return [(str(path), text) for path, text in map(caption, done)]
 
+    def notes() -> str:
+        said: list[str] = []
+        for item in done:
+            said += [n for n in getattr(item, "notes", []) if n not in said]
+        return "".join(f"\n\n⚠ {n}" for n in said)
+
     def paths() -> list[str]:
         return [str(caption(item)[0]) for item in done]
 
@@ -48,13 +54,13 @@ def stream_into_gallery(
                 continue
             done.append(event.item)
             note = label(done[0])
-            yield gallery(), None, f"{event.done} of {event.total} · `{studio.where(out)}`{note}", paths(), None
+            yield gallery(), None, f"{event.done} of {event.total} · `{studio.where(out)}`{note}{notes()}", paths(), None
         assert end is not None, "a core stream ends with Ended"
         if end.sheet is None:
             final = ([], None, "Stopped before the first image.", [], None)
         else:
             said = f"Stopped after {end.done} of {end.total}" if end.stopped else f"{end.done} dreamed"
-            final = (gallery(), str(end.sheet), f"{said} · `{studio.where(out)}`{label(done[0])}", paths(), None)
+            final = (gallery(), str(end.sheet), f"{said} · `{studio.where(out)}`{label(done[0])}{notes()}", paths(), None)
         if end.stopped:
             studio.record(request, (final[2], final[1]))
     yield final

@@ -13,6 +13,7 @@ import gradio as gr
 
 from .errors import user_errors
 from .session import Studio
+from .typed import typed
 
 SCRIPT = Path(__file__).resolve().parent / "static" / "particles.js"
 PLAY_JS = """(image, density, drift, speed) => {
@@ -31,7 +32,7 @@ def build(studio: Studio) -> ParticlesTab:
     with gr.Row(equal_height=False):
         with gr.Column(scale=2, min_width=320):
             image = gr.Image(label="Picture (from Dream, or upload)", type="filepath", format="png",
-                             sources=["upload", "clipboard"], height=260)
+                             image_mode=None, sources=["upload", "clipboard"], height=260)  # the file, unconverted
             density = gr.Slider(0, 1, value=0.5, step=0.05, label="Density", info="particles across: 16 to 128")
             drift = gr.Slider(0, 1, value=0.3, step=0.05, label="Drift", info="how far particles wander")
             speed = gr.Slider(0.1, 4, value=1, step=0.1, label="Speed")
@@ -60,5 +61,6 @@ def build(studio: Studio) -> ParticlesTab:
     halt.click(None, None, None, js="() => window.dreamyParticles && window.dreamyParticles.stop()")
     for control in (density, drift, speed):
         control.release(None, [image, density, drift, speed], None, js=PLAY_JS)
-    gif.click(make_gif, [image, density, drift, speed], [download, preview], api_name="particles_gif")
+    ins = [image, density, drift, speed]
+    gif.click(typed(make_gif, ins), ins, [download, preview], api_name="particles_gif")
     return ParticlesTab(image)

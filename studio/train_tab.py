@@ -19,6 +19,7 @@ from dreamy.training.sets import add_to_training_set, list_training_sets, train_
 
 from .errors import user_errors
 from .session import GPU, Studio
+from .typed import typed
 from .widgets import field_widget, lock_toggled, locked_updates, overrides_from, preset_description
 
 FIELDS = ["mode", "learning_rate", "max_train_steps", "checkpointing_steps", "resolution", "train_batch_size",
@@ -178,7 +179,7 @@ def build(studio: Studio) -> TrainTab:
                 head = "Starting…"
                 with studio.running(request, "train") as token:
                     for ev in train_on_set(studio.training_sets, set_name, name=name.strip(), preset=preset,
-                                           base=source, overrides=overrides, unlock=bool(unlock),
+                                           base=source, overrides=overrides, unlock=unlock,
                                            models_dir=studio.models, resume=resume, validation=validation,
                                            cancel=token):
                         progress(ev.progress().fraction, desc=ev.describe())
@@ -241,19 +242,22 @@ def build(studio: Studio) -> TrainTab:
     inputs = [set_name, base, preset, run_name, unlock, *fields, *v_fields]
     outputs = [status, loss, grid, log]
     gpu = {"concurrency_id": GPU, "concurrency_limit": 1}
-    ev_start = start.click(start_run, inputs, outputs, api_name="train", **gpu)
-    ev_resume = resume.click(resume_run, inputs, outputs, api_name="resume_train", **gpu)
+    # typed(): each value must have its widget's type, so "false" is no unlock (studio/typed.py)
+    ev_start = start.click(typed(start_run, inputs), inputs, outputs, api_name="train", **gpu)
+    ev_resume = resume.click(typed(resume_run, inputs), inputs, outputs, api_name="resume_train", **gpu)
     # No Gradio cancels here: closing the generator would skip the checkpoint that Stop promises.
     stop.click(stop_run, None, status, api_name="stop_train", concurrency_limit=None, queue=False)
     for trigger in (set_name.change, widgets["resolution"].blur):  # flags depend on the training resolution
         trigger(show_set, [set_name, widgets["resolution"]], [thumbs, problems], api_visibility="private")
-    upload.upload(add_photos, [upload, set_name, widgets["resolution"]], [thumbs, problems, set_name],
+    upload.upload(typed(add_photos, [upload, set_name, widgets["resolution"]]), [upload, set_name, widgets["resolution"]],
+                  [thumbs, problems, set_name],
                   api_name="add_photos")
     preset.input(lambda name, u: [preset_description(name), *locked_updates(name, "train", FIELDS, u)],
                  [preset, unlock], [description, *fields], api_visibility="private")
     unlock.input(lambda name, u: lock_toggled(name, "train", FIELDS, u), [preset, unlock], fields,
                  api_visibility="private")
-    ex_go.click(export_run, [run_name, ex_step, ex_what], [exported, status], api_name="export")
+    ex_go.click(typed(export_run, [run_name, ex_step, ex_what]), [run_name, ex_step, ex_what], [exported, status],
+                api_name="export")
     run_name.change(steps_of, run_name, ex_step, api_visibility="private")
     for ev in (ev_start, ev_resume):
         ev.then(steps_of, run_name, ex_step, api_visibility="private")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import shutil
 import socket
@@ -301,3 +302,53 @@ def test_particles_gif_loops_the_picture(client, tmp_path):
     gif, preview = client.predict(handle_file(str(p)), 0.2, 0.5, 2.0, api_name="/particles_gif")
     with Image.open(gif) as im:
         assert im.format == "GIF" and im.n_frames == 24 and im.info.get("loop") == 0 and im.size == (256, 205)
+
+
+@pytest.mark.parametrize("unlock", ["false", "False", "0", [False], 1])
+def test_a_non_boolean_unlock_is_refused_by_name_on_every_locked_endpoint(client, studio, unlock):
+    """bool("false") is True: a string, number or list that arrives for Unlock must not unlock."""
+    from gradio_client.exceptions import AppError
+
+    before = set((studio[1].outputs / "dream").glob("*")) if (studio[1].outputs / "dream").exists() else set()
+    with pytest.raises(AppError, match="'unlock'.*must be true or false"):
+        client.predict("tiny", "biased-dreams", "7", unlock, 1, PACKAGE_DEAL, "", 3.0, 2, 64, 64, api_name="/dream")
+    with pytest.raises(AppError, match="'unlock'.*must be true or false"):
+        client.predict("tiny", "biased-dreams", "0", unlock, "{prompt}, by Turner", "", 3.0, 2, 64, 64,
+                       api_name="/prompt_sweep")
+    assert set((studio[1].outputs / "dream").glob("*")) == before
+
+
+def test_recall_recomputes_locks_from_the_installed_preset_never_from_the_png(client, studio, tmp_path):
+    """An edited dreamy chunk cannot dream past the locks under a preset's name, name a preset file by
+    path, or carry its own unlock record into the output."""
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    gallery, *_ = dream(client, "7")  # unlocked: steps 2, 64x64 (recorded as unlocked)
+    png = Path(gallery[0]["image"])
+    original = json.loads(Image.open(png).info["dreamy"])
+
+    def forged(name: str, **changes) -> str:
+        rec = json.loads(json.dumps(original))
+        rec.update(changes.pop("top", {}))
+        rec["settings"].update(changes)
+        info = PngImagePlugin.PngInfo()
+        info.add_text("dreamy", json.dumps(rec))
+        out = tmp_path / f"{name}.png"
+        Image.open(png).save(out, pnginfo=info)
+        return str(out)
+
+    # locked fields changed with no unlock record, under the genuine name and under look-alikes / paths
+    probe = tmp_path / "probe.toml"
+    probe.write_text('name = "probe"\n[dream]\nsteps = 2\n')
+    for i, name in enumerate(["biased-dreams", "biased-dreams ", "Biased-Dreams", "no-such-preset", "/etc/passwd",
+                              str(probe)]):
+        path = forged(f"edit{i}", prompt="a cat", top={"preset": name, "unlocked": {}})
+        with pytest.raises(AppError, match="preset|locks"):
+            client.predict(handle_file(path), api_name="/recall")
+    # a forged unlock record is recomputed: the output says what really changed (50 -> 2), not the file's story
+    path = forged("lie", top={"unlocked": {"steps": {"preset": 0, "value": 1}, "width": {}, "height": {}}})
+    again, _ = client.predict(handle_file(path), api_name="/recall")
+    out = json.loads(Image.open(again).info["dreamy"])
+    assert out["unlocked"]["steps"] == {"preset": 50, "value": 2}
+    assert out["unlocked"] == original["unlocked"]

@@ -142,3 +142,19 @@ def test_locked_changes_name_what_a_form_must_unlock():
     assert set(locked_changes(p, "dream", values)) == set(resolve(p, "dream", values, unlock=True).unlocked)
     assert locked_changes(p, "train", {"checkpointing_steps": 7, "validation_seeds": "0"}) == []  # not locked
     assert locked_changes(p, "train", {"learning_rate": 1e-3}) == ["learning_rate"]
+
+
+@pytest.mark.parametrize("name", ["biased-dreams ", "Biased-Dreams", " biased-dreams", "no-such-preset", "/etc/passwd",
+                                  "../presets/biased-dreams", "biased-dreams.toml", "presets/biased-dreams.toml", "",
+                                  None, 7])
+def test_a_preset_named_by_an_untrusted_source_is_found_by_exact_name_only(name):
+    from dreamy.recipes.presets import load_named_preset
+
+    with pytest.raises(PresetError):
+        load_named_preset(name)
+
+
+def test_a_named_preset_is_the_installed_one():
+    from dreamy.recipes.presets import load_named_preset
+
+    assert load_named_preset("biased-dreams").name == "biased-dreams"

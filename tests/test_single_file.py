@@ -384,7 +384,7 @@ def test_inpainting_and_wrong_shapes(tmp_path, tiny_ldm, tiny_dir):
 def test_no_tokenizer_source_fails_before_reading_weights(tmp_path, tiny_ldm, monkeypatch):
     import huggingface_hub.constants
 
-    from dreamy import clip_tokenizer, single_file
+    from dreamy.models import clip_tokenizer, single_file
 
     monkeypatch.setenv("DREAMY_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))

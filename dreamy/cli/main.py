@@ -83,9 +83,46 @@ def _fast_arg(value: str) -> bool | str | None:
 
 def cmd_recall(args: argparse.Namespace) -> int:
     from ..dreaming.dreams import recall
+    from ..png.info import describe_png, foreign_refusal
 
+    info = describe_png(args.image)
+    if info.kind == "foreign":
+        if not args.use_settings:
+            print(f"error: {foreign_refusal(info, Path(args.image).name)}", file=sys.stderr)
+            return 2
+        return _dream_foreign(args, info)
     r = recall(args.image, args.out, model=args.model, device=args.device, allow_model_change=args.allow_model_change)
     print(r.path)
+    return 0
+
+
+def _dream_foreign(args: argparse.Namespace, info) -> int:
+    """recall --use-settings on another tool's file: dream its settings and seed under --preset (the
+    preset's locks apply as to anything typed: a setting that differs from a locked one needs --unlock)."""
+    from ..dreaming.dreams import dream
+    from ..errors import LockedFieldError
+    from ..models.sources import default_model
+    from ..png.info import reproducible
+    from ..recipes.recipe import locked_changes
+
+    unlock = unlock_arg(args.unlock)
+    can, cannot = reproducible(info)
+    print(f"{info.tool} settings used: {', '.join(can) or 'none'}"
+          + (f"; not reproduced: {', '.join(cannot)[:300]}" if cannot else ""), file=sys.stderr)
+    values = dict(info.values)
+    if not values.get("prompt"):
+        values.pop("prompt", None)  # nothing read: the preset's prompt stands
+    blocked = [n for n in locked_changes(args.preset, "dream", values) if unlock is not True and n not in unlock]
+    if blocked:
+        raise LockedFieldError(
+            f"The file's {', '.join(blocked)} differ from preset '{args.preset}', which locks them; pass --unlock "
+            f"(or --unlock {','.join(blocked)}) to dream with them, or choose another --preset.")
+    seed = info.seed if info.seed is not None else 0
+    results = with_cancel(lambda token: dream(
+        args.model or default_model(), args.preset, [seed], overrides=values, unlock=unlock, out_dir=args.out,
+        device=args.device, cancel=token, contact_sheet=False))
+    for r in results:
+        print(r.path)
     return 0
 
 
@@ -108,9 +145,19 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    from ..png.info import describe_png, reproducible
     from ..png.metadata import read_recipe
 
-    recipe = read_recipe(Path(args.image))
+    info = describe_png(args.image)
+    if info.kind == "foreign":  # another tool's file: what was read of it, and what of it Dreamy can use
+        can, cannot = reproducible(info)
+        print(f"{info.message}\nDreamy can dream again with its {', '.join(can) or 'nothing'}"
+              + (f"; not with its {', '.join(cannot)[:300]}" if cannot else "") + ".", file=sys.stderr)
+        print(json.dumps({"tool": info.tool, "parameters": info.parameters, "settings": info.values,
+                          "seed": info.seed, "reproducible": can, "not_reproducible": cannot},
+                         indent=2, ensure_ascii=False, default=str))
+        return 0
+    recipe = read_recipe(Path(args.image))  # a Dreamy recipe, or the reason there is none
     print(recipe.summary(), file=sys.stderr)  # for people; stdout stays the JSON, for scripts
     print(json.dumps(recipe.to_dict(), indent=2))
     return 0
@@ -135,19 +182,26 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dream_flags(w)
     w.set_defaults(func=cmd_sweep)
 
-    r = sub.add_parser("recall", help="re-create an image from the recipe in its PNG")
+    r = sub.add_parser("recall", help="re-create an image from the recipe in its PNG (another tool's file: "
+                       "--use-settings)")
     r.add_argument("image")
     r.add_argument("--out", required=True)
     r.add_argument("--model", default=None, help="load this source instead of the recipe's (hash still checked)")
     r.add_argument("--device", default=None)
     r.add_argument("--allow-model-change", action="store_true", help="re-dream even if the model's hash differs")
+    r.add_argument("--use-settings", action="store_true", help="another tool's file (A1111/Forge, Fooocus, ComfyUI): "
+                   "dream its prompt, size, steps, CFG and seed under --preset (not an exact re-creation)")
+    r.add_argument("--preset", default="biased-dreams", help="with --use-settings: the preset (default: biased-dreams)")
+    r.add_argument("--unlock", nargs="?", const="all", default=None, type=str,
+                   help="with --use-settings: allow the file's settings to change locked ones (all, or a comma list)")
     r.set_defaults(func=cmd_recall)
 
     p = sub.add_parser("presets", help="list presets, or show one with its locks")
     p.add_argument("name", nargs="?")
     p.set_defaults(func=cmd_presets)
 
-    i = sub.add_parser("info", help="print the recipe stored in a PNG (a summary on stderr, JSON on stdout)")
+    i = sub.add_parser("info", help="print the recipe stored in a PNG, or what another tool's PNG/JPEG/WebP "
+                       "says (a summary on stderr, JSON on stdout)")
     i.add_argument("image")
     i.set_defaults(func=cmd_info)
 

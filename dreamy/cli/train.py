@@ -61,7 +61,9 @@ def add_parser(sub: Any) -> None:
     t.add_argument("--validation-size", type=int, default=None,
                    help="render validation images at this size instead of the preset's (quicker on a CPU)")
     t.add_argument("--validation-steps", type=int, default=None, help="denoising steps for validation renders")
-    t.add_argument("--resume", action="store_true", help="continue the run from its newest checkpoint")
+    t.add_argument("--resume", action="store_true", help="continue the run from its newest intact checkpoint")
+    t.add_argument("--allow-changed-photos", action="store_true",
+                   help="with --resume: continue although photos were added, removed or changed (run.json records it)")
     t.add_argument("--export", default="", help="after training, export: comma list of diffusers, "
                    "single-file, lora, card (default: none; with --export-only: diffusers,single-file,card)")
     t.add_argument("--export-only", default=None, metavar="STEP", nargs="?", const="latest",
@@ -139,7 +141,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         last = None
         for ev in train(args.images, name=args.name, preset=args.preset, base=args.base or default_model(),
                         overrides=overrides, unlock=unlock, models_dir=args.models_dir, resume=args.resume,
-                        device=args.device, validation=validation or None, cancel=token):
+                        device=args.device, validation=validation or None, cancel=token,
+                        allow_changed_photos=args.allow_changed_photos):
             on_event(ev)
             last = ev
         return last

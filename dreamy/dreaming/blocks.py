@@ -12,8 +12,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..errors import check_finite
 from ..events import CancelToken
 from ..models.sources import SDModel
+from ..models.tokens import check_prompts
 from ..recipes.recipe import Recipe
 from ..recipes.samplers import make_scheduler
 
@@ -31,6 +33,15 @@ def encode_prompt(model: SDModel, text: str) -> torch.Tensor:
     mask = tok.attention_mask.to(model.device) if getattr(model.text_encoder.config, "use_attention_mask", False) else None
     emb = model.text_encoder(tok.input_ids.to(model.device), attention_mask=mask)[0]
     return emb.to(dtype=model.text_encoder.dtype, device=model.device)
+
+
+def prompt_cuts(model: SDModel, prompt: str, negative_prompt: str = "") -> tuple[dict[str, str], list[str]]:
+    """What the text encoder will drop of a prompt pair: (runtime entries for the recipe -
+    ``prompt_truncated`` / ``negative_prompt_truncated``, each the dropped text - and one notice per
+    cut prompt, also logged as a warning). Both empty when everything fits."""
+    cut, notes = check_prompts(model.tokenizer, {"prompt": prompt, "negative prompt": negative_prompt})
+    runtime = {("prompt_truncated" if k == "prompt" else "negative_prompt_truncated"): v for k, v in cut.items()}
+    return runtime, notes
 
 
 def initial_noise(model: SDModel, seed: int, width: int, height: int) -> torch.Tensor:
@@ -100,7 +111,8 @@ def decode(model: SDModel, latents: torch.Tensor) -> tuple[list[Image.Image], bo
     """Latents (n, 4, h, w) -> n RGB PIL images of (8w, 8h) px, and whether the VAE had to be upcast.
 
     Latents are divided by the VAE's ``scaling_factor`` (0.18215 for SD1.5) before decoding, as stock;
-    a half-precision decode that overflows (NaN/inf) is redone in fp32.
+    a half-precision decode that overflows (NaN/inf) is redone in fp32; NaN/inf that remain (damaged
+    weights, a diverged sampler) raise :class:`dreamy.errors.NonFiniteOutput` - nothing is saved.
     """
     split = model.device.type == "cpu"
     vae = model.vae
@@ -117,6 +129,7 @@ def decode(model: SDModel, latents: torch.Tensor) -> tuple[list[Image.Image], bo
             images = _per_seed(split, run, latents.float())
         finally:
             vae.to(model.dtype)
+    check_finite(images, "model")
     arr = (images / 2 + 0.5).clamp(0, 1).cpu().permute(0, 2, 3, 1).float().numpy()
     arr = (arr * 255).round().astype(np.uint8)
     return [Image.fromarray(a) for a in arr], upcast

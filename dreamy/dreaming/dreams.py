@@ -10,24 +10,27 @@ ones, the UNet and VAE run seed by seed inside the batch so that the result is b
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from PIL import Image
 
-from ..errors import DreamyError, RecallError
+from ..errors import DreamyError, LockedFieldError, PresetError, RecallError
 from ..events import CancelToken, Progress, ProgressCallback
 from ..models.devices import pick_device, pick_dtype, runtime_info
 from ..models.sources import SDModel, cached_model, load_model
+from ..png.info import describe_png, foreign_refusal
 from ..png.metadata import read_recipe, save_png
-from ..recipes.presets import Preset, load_preset
+from ..recipes.presets import Preset, load_named_preset, load_preset
 from ..recipes.recipe import Recipe, resolve
+from ..recipes.samplers import check_sampler_runs
 from ..recipes.seeds import parse_seeds
-from .blocks import decode, denoise, encode_prompt, initial_noise
+from .blocks import decode, denoise, encode_prompt, initial_noise, prompt_cuts
 from .contact_sheet import write_contact_sheet
 from .streams import Ended, Landed, stream
 
@@ -41,6 +44,7 @@ class DreamImage:
     image: Image.Image
     recipe: Recipe
     path: Path | None = None
+    notes: list[str] = field(default_factory=list)  # what the user should know (e.g. words cut from the prompt)
 
 
 def image_name(recipe: Recipe) -> str:
@@ -88,6 +92,9 @@ def _checked(
     seed_list = parse_seeds(seeds)
     if recipe is None:
         recipe = resolve(load_preset(preset) if isinstance(preset, str) else preset, "dream", overrides, unlock)
+    else:  # a recipe given whole (recall: read from an untrusted PNG) is tried like a preset
+        s = recipe.settings
+        check_sampler_runs(s.sampler, s.scheduler, s.steps, "the recipe's sampler/steps/scheduler")
     if not isinstance(batch_size, int) or not 1 <= batch_size <= 64:
         raise DreamyError(f"Batch size must be between 1 and 64, got {batch_size!r}.")
     return seed_list, recipe
@@ -191,6 +198,9 @@ def dream_iter(
 
     base = recipe.replace(model=model.ref, runtime=runtime_info(model.device, model.dtype))
     s = base.settings
+    cuts, notes = prompt_cuts(model, s.prompt, s.negative_prompt)
+    if cuts:
+        base = base.replace(runtime={**base.runtime, **cuts})
     cond = encode_prompt(model, s.prompt)
     uncond = encode_prompt(model, s.negative_prompt)
     out = Path(out_dir) if out_dir is not None else None
@@ -206,7 +216,7 @@ def dream_iter(
             if upcast:
                 r = r.replace(runtime={**r.runtime, "vae_upcast": True})
             path = save_png(image, out / image_name(r), r) if out is not None else None
-            yield DreamImage(seed, image, r, path)
+            yield DreamImage(seed, image, r, path, list(notes))
 
 
 def dream(
@@ -265,23 +275,28 @@ def dream_stream(
     yield from stream(pictures, len(seed_list), lambda done: _contact_sheet(done, out) or done[0].path)
 
 
-def check_recipe_against_preset(recipe: Recipe) -> None:
-    """Refuse a recipe whose locked fields differ from its preset without being recorded as unlocked.
+def relock(recipe: Recipe) -> Recipe:
+    """``recipe`` re-resolved against its preset, found by exact name in the preset folders.
 
-    A PNG is untrusted: without this, an edited recipe could dream under a preset's name while
-    quietly departing from its locks.
+    A PNG is untrusted: its ``preset`` is only a name (never a path), every locked field that differs
+    from that preset must be one the PNG records as unlocked, and the unlock record of the result is
+    computed afresh from the preset and the values that will run (never copied from the file).
+    Raises RecallError when the preset is not installed here or a locked field differs unrecorded.
     """
     try:
-        preset = load_preset(recipe.preset)
-    except DreamyError:
-        return  # a preset that is not installed here cannot be checked; the recipe stands alone
-    base = preset.section(recipe.job)
-    for name in preset.locked.get(recipe.job, ()):
-        if getattr(recipe.settings, name) != getattr(base, name) and name not in recipe.unlocked:
-            raise RecallError(
-                f"The recipe's '{name}' differs from preset '{preset.name}', which locks it, and it is not "
-                "recorded as unlocked; the file was edited or the preset changed since."
-            )
+        preset = load_named_preset(recipe.preset)
+    except PresetError as e:
+        raise RecallError(f"The recipe names preset {recipe.preset!r:.80}, which is not installed here ({e}); "
+                          "Dreamy only recalls recipes whose locks it can check.") from None
+    try:
+        fresh = resolve(preset, recipe.job, overrides=dataclasses.asdict(recipe.settings),
+                        unlock=tuple(recipe.unlocked))
+    except LockedFieldError as e:
+        raise RecallError(f"The recipe changes a field that preset '{preset.name}' locks without recording it as "
+                          f"unlocked; the file was edited or the preset changed since ({e}).") from None
+    except PresetError as e:
+        raise RecallError(f"The recipe does not fit preset '{preset.name}': {e}") from None
+    return recipe.replace(preset=preset.name, settings=fresh.settings, locked=fresh.locked, unlocked=fresh.unlocked)
 
 
 def recall(
@@ -306,18 +321,25 @@ def recall(
     folders") vets the source it names before that is loaded, returning the source to load or raising. With ``out_dir`` the PNG is written again, with its recipe.
 
     Returns one :class:`DreamImage` (8-bit RGB PIL image). Raises RecallError when the file is
-    missing, not a readable PNG, carries no Dreamy recipe (or another tool's parameters), holds a
+    missing, not a readable image, carries no Dreamy recipe (another tool's parameters: the message says
+    which of them can be dreamed again, see :func:`dreamy.png.info.describe_png`), holds a
     malformed recipe or one that is not a dream with a seed and a model, when a locked field differs
     from the installed preset without being recorded as unlocked, or when the model's hash differs;
     otherwise whatever :func:`load_model` and :func:`dream_iter` raise (SourceError, OutputError...).
     """
-    recipe = read_recipe(Path(png))
+    try:
+        recipe = read_recipe(Path(png))
+    except RecallError:
+        info = describe_png(png)  # another tool's file: say what of it can be dreamed again
+        if info.kind == "foreign":
+            raise RecallError(foreign_refusal(info, Path(png).name)) from None
+        raise
     if recipe.job != "dream" or recipe.seed is None or recipe.model is None:
         raise RecallError(f"'{Path(png).name}' holds a {recipe.job} recipe without a seed or model; only dreamed "
                           "images can be recalled.")
     if model is None:  # the PNG's own source: vetted before anything else
         model = recipe.model.source if check_source is None else check_source(recipe.model.source)
-    check_recipe_against_preset(recipe)
+    recipe = relock(recipe)
     if device is None:
         wanted = recipe.runtime.get("device", "cpu")
         device = wanted if wanted in ("cpu", "cuda", "mps") else None

@@ -34,6 +34,11 @@ class SweepCell:
     prompt: str
     image: Any  # DreamImage
 
+    @property
+    def notes(self) -> list[str]:
+        """The dream's notices (words cut from this variant's prompt, ...)."""
+        return list(getattr(self.image, "notes", []))
+
 
 def expand_prompts(text: str, base_prompt: str) -> list[str]:
     """One variant per non-empty line; ``{prompt}`` stands for the preset's prompt (``{prompt}, by Turner``)."""

@@ -20,11 +20,20 @@ from typing import Any
 import torch
 from PIL import Image
 
-from ..errors import DreamyError, OutOfMemory, free_memory, is_out_of_memory, user_error
+from ..errors import (
+    DreamyError,
+    NonFiniteOutput,
+    OutOfMemory,
+    check_finite,
+    free_memory,
+    is_out_of_memory,
+    user_error,
+)
 from ..events import CancelToken, Progress, ProgressCallback
 from ..images import ImageError, load_image
 from ..models import devices
 from ..models.devices import dtype_name
+from ..models.tokens import check_prompts
 from ..paths import safe_filename
 from ..png.metadata import save_png
 from ..recipes.presets import Preset, load_preset
@@ -268,6 +277,8 @@ def _restore(job: EnlargeJob, attention: str) -> EnlargeResult:
     s: EnlargeSettings = job.recipe.settings
     upscaled = upscale(job.picture, size, s.upscale)
     check()
+    cuts, cut_notes = check_prompts(models.tokenizers[0], {"prompt": s.positive_prompt,
+                                                           "negative prompt": s.negative_prompt})
     cond, uncond = models.conditioning(s.positive_prompt, s.negative_prompt)
     sampler = sampler_settings(s)
     sampling_tiles = models.sampling_tiles if tiled else None
@@ -293,12 +304,13 @@ def _restore(job: EnlargeJob, attention: str) -> EnlargeResult:
                                       sampling_tiles.stride, sampling_tiles.per_batch, watched.step_done)
     check()
     if not torch.isfinite(result).all():
-        raise DreamyError(f"Sampling in {dtype_name(models.dtype)} overflowed (the latent holds NaN or infinity); "
-                          "try precision bf16 or fp32 (unlock 'precision').")
+        raise NonFiniteOutput(f"Sampling in {dtype_name(models.dtype)} produced NaN/inf (an overflow, or damaged "
+                              "weights); try precision bf16 or fp32 (unlock 'precision'). Nothing was saved.")
     report(s.steps, "decoding")
     _phase_boundary(models)
     decoded = decode_latent(models.vae, result, vae_tiles)
     report(s.steps, "colour fix")
+    check_finite(decoded, "enlarge model (SUPIR's VAE)")
     fixed = colour_fix(decoded, stage1.reference, s.color_fix)
     enlarged = to_image(fixed)
     check()
@@ -313,12 +325,13 @@ def _restore(job: EnlargeJob, attention: str) -> EnlargeResult:
         "sampling_tiles": dataclasses.asdict(sampling_tiles) if sampling_tiles else None,
         "vae_tiles": dataclasses.asdict(vae_tiles) if vae_tiles else None,
     }
+    runtime |= {("prompt_truncated" if k == "prompt" else "negative_prompt_truncated"): v for k, v in cuts.items()}
     final = job.recipe.replace(model=models.supir_ref, seed=seed, runtime=runtime)
     out = Path(job.out_dir) if job.out_dir is not None else _default_dir()
     stem = Path(safe_filename(job.input_info["name"] or "picture.png")).stem
     path = save_png(enlarged, out / f"{stem}-x{s.upscale:g}-seed{seed:06d}.png", final)
     report(s.steps, f"saved {path.name}")
-    return EnlargeResult(path, enlarged, final, upscaled, to_image(stage1.reference), job.notes)
+    return EnlargeResult(path, enlarged, final, upscaled, to_image(stage1.reference), [*job.notes, *cut_notes])
 
 
 def _default_dir() -> Path:

@@ -26,12 +26,94 @@ def read_meta(path: Path) -> dict[str, Any]:
     try:
         meta = json.loads((Path(path) / CHECKPOINT_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
-        raise SourceError(f"'{path}': {CHECKPOINT_FILE} cannot be read ({e!s:.80}); the checkpoint is corrupt.") from None
+        raise SourceError(f"Checkpoint '{path}' is damaged ({CHECKPOINT_FILE} cannot be read: {e!s:.80}); load "
+                          "another checkpoint of the run, or resume the run from an earlier one.") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise SourceError(f"'{path}' is a training checkpoint of a format this version does not read.")
+    if "marker_sha256" in meta and marker_sha256(meta) != meta["marker_sha256"]:
+        raise SourceError(f"Checkpoint '{path}' is damaged ({CHECKPOINT_FILE} does not hold what was written); "
+                          "load another checkpoint of the run, or resume the run from an earlier one.")
     return meta
 
 
+def marker_sha256(meta: dict[str, Any]) -> str:
+    """The marker's own checksum: sha256 of its canonical JSON without the ``marker_sha256`` field."""
+    rest = {k: v for k, v in meta.items() if k != "marker_sha256"}
+    return hashlib.sha256(json.dumps(rest, sort_keys=True).encode()).hexdigest()
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def manifest(folder: Path) -> dict[str, dict[str, Any]]:
+    """Every file of a checkpoint folder but its marker: relative path -> {"size", "sha256"}."""
+    folder = Path(folder)
+    return {f.relative_to(folder).as_posix(): {"size": f.stat().st_size, "sha256": _sha256(f)}
+            for f in sorted(folder.rglob("*")) if f.is_file() and f.name != CHECKPOINT_FILE}
+
+
+def _legacy_damage(path: Path, files: list[str]) -> str | None:
+    """A checkpoint written before files were recorded: only whether each file opens."""
+    import zipfile
+
+    from safetensors import safe_open
+
+    for rel in files:
+        f = path / rel
+        try:
+            if f.suffix == ".safetensors":
+                with safe_open(str(f), framework="pt") as st:
+                    st.keys()
+            elif f.suffix == ".pt" and not zipfile.is_zipfile(f):
+                return f"{rel} is not a readable torch file"
+        except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
+            return f"{rel} cannot be read ({str(e).splitlines()[0][:60]})"
+    return None
+
+
+def damage(path: Path, resume: bool = True, meta: dict[str, Any] | None = None,
+           cached: bool = False) -> str | None:
+    """Why checkpoint ``path`` is damaged (a phrase, e.g. "resume/state.pt is empty"), or None if intact.
+
+    Each file is checked against the size and sha256 its marker recorded when it was written;
+    ``resume=False`` checks only what Dream loads (not ``resume/``); ``cached`` lets the hashes come
+    from the (path, size, mtime) cache, for loads where a re-read would only cost time.
+    """
+    path = Path(path)
+    if meta is None:
+        try:
+            meta = read_meta(path)
+        except SourceError:
+            if not (path / CHECKPOINT_FILE).is_file():
+                return f"{CHECKPOINT_FILE} is missing"
+            return f"{CHECKPOINT_FILE} cannot be read or does not hold what was written"
+    files = meta.get("files")
+    if not isinstance(files, dict):  # written before checkpoints recorded their files
+        wanted = [f.relative_to(path).as_posix() for f in sorted(path.rglob("*"))
+                  if f.is_file() and f.name != CHECKPOINT_FILE]
+        needed = ["resume/masters.safetensors", "resume/state.pt"] if resume else []
+        missing = [r for r in needed if r not in wanted]
+        if missing:
+            return f"{missing[0]} is missing"
+        return _legacy_damage(path, [r for r in wanted if resume or not r.startswith("resume/")])
+    for rel, rec in sorted(files.items()):
+        if not resume and rel.startswith("resume/"):
+            continue
+        f = path / rel
+        try:
+            size = f.stat().st_size
+        except OSError:
+            return f"{rel} is missing"
+        if size != rec.get("size"):
+            return f"{rel} is empty" if size == 0 else f"{rel} has {size} bytes, {rec.get('size')} were written"
+        if (file_sha256(f) if cached else _sha256(f)) != rec.get("sha256"):
+            return f"{rel} does not hold the bytes that were written (its sha256 differs)"
+    return None
 
 
 def checkpoint_sha256(path: Path, base_sha256: str) -> str:
@@ -80,6 +162,10 @@ def complete(model: Any, path: Path, spec: str, meta: dict[str, Any]) -> Any:
     from transformers import CLIPTextModel
 
     path = Path(path)
+    hurt = damage(path, resume=False, meta=meta, cached=True)
+    if hurt is not None:
+        raise SourceError(f"Checkpoint '{spec}' is damaged ({hurt}); load another checkpoint of the run, or "
+                          "resume the run from an earlier one to write it again.")
     base = meta["base"]
     if model.ref.sha256 != base["sha256"]:
         raise SourceError(f"The base model of '{spec}' ({base['source']}) has changed since training "

@@ -104,7 +104,8 @@ def _open_checkpoint(path: Path) -> tuple[dict[str, tuple[int, ...]], _Fetch]:
         raise SourceError(f"{path.name} does not hold a state dict of named weights; it is not a model checkpoint.")
     tensors = {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
     if not tensors:
-        raise SourceError(f"{path.name} holds no weights; it is not a model checkpoint.")
+        other = foreign_kind(_nested_keys(data), path.name)  # an A1111 embedding nests its tensors
+        raise SourceError(other or f"{path.name} holds no weights; it is not a model checkpoint.")
     return {k: tuple(v.shape) for k, v in tensors.items()}, tensors.__getitem__
 
 
@@ -171,6 +172,53 @@ def _read_torch(path: Path, zipped: bool) -> Any:
 # ------------------------------------------------------------------------------------------- detection
 
 
+_LORA_MARKS = ("lora", "hada_w", "lokr_", "oft_")  # LoRA and its LyCORIS kin (LoHa, LoKr, OFT)
+_EMBEDDING_KEYS = ("string_to_param", "emb_params", "clip_l", "clip_g")
+
+
+def foreign_kind(keys: Iterable[str], name: str) -> str | None:
+    """The sentence for a weights file that is an add-on rather than a model - a LoRA (kohya, peft, or
+    diffusers' old attention-processor ``...processor.to_q_lora.down.weight`` layout) or a
+    textual-inversion embedding (A1111 ``string_to_param``, ``emb_params``, SDXL ``clip_l``/``clip_g``) -
+    or None. Checked before anything says what a file is not."""
+    keys = list(keys)
+    if any(k.split(".")[0] in _EMBEDDING_KEYS for k in keys) and len(keys) <= 8:
+        return (f"{name} is a textual-inversion embedding (a learned word), not a model checkpoint; keep the base model it "
+                "was trained on as the model, and use the embedding in A1111/ComfyUI or with diffusers' "
+                "load_textual_inversion.")
+    if keys and any(m in k.lower() for k in keys for m in _LORA_MARKS):
+        return (f"{name} is a LoRA, not a full checkpoint (add-on weights for a base model); give its base model "
+                "as the model, and apply the LoRA with diffusers' load_lora_weights or in A1111/ComfyUI.")
+    return None
+
+
+def _nested_keys(data: Any, prefix: str = "") -> list[str]:
+    """Dotted names of every tensor in nested dicts (an A1111 embedding keeps its under ``string_to_param``)."""
+    out: list[str] = []
+    if isinstance(data, dict):
+        for k, v in data.items():
+            out += _nested_keys(v, f"{prefix}{k}.") if isinstance(v, dict) else (
+                [f"{prefix}{k}"] if isinstance(v, torch.Tensor) else [])
+    return out
+
+
+def describe_weights_file(path: Path) -> str | None:
+    """What a weights file with another suffix (``pytorch_lora_weights.bin``, ``learned_embeds.bin``) is,
+    when it is a LoRA or an embedding; None when it cannot be told (or read)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+        if _looks_like_safetensors(head):
+            keys = list(_index_safetensors(path)[0])
+        elif head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+            keys = _nested_keys(_read_torch(path, zipped=head.startswith(b"PK")))
+        else:
+            return None
+    except (OSError, SourceError):
+        return None
+    return foreign_kind(keys, path.name)
+
+
 def detect_arch(keys: Iterable[str], name: str = "The checkpoint") -> str:
     """``"sd15"`` or ``"sdxl"`` from an LDM state dict's keys; a :class:`SourceError` for anything else."""
     keys = set(keys)
@@ -188,8 +236,9 @@ def detect_arch(keys: Iterable[str], name: str = "The checkpoint") -> str:
         return SD15
     if has("model_ema.diffusion_model"):  # EMA-only training checkpoint
         return SDXL if has(SDXL_CLIP_G_PREFIX) else SD15
-    if any("lora_" in k or ".lora." in k for k in keys):
-        raise SourceError(f"{name} is a LoRA, not a full checkpoint; load a base model and apply the LoRA to it.")
+    other = foreign_kind(keys, name)
+    if other is not None:
+        raise SourceError(other)
     if {"encoder.conv_in.weight", "decoder.conv_in.weight"} <= keys:
         raise SourceError(f"{name} is a standalone VAE, not a full checkpoint; pick the model file itself.")
     if has("down_blocks.") or "conv_in.weight" in keys:
@@ -197,8 +246,6 @@ def detect_arch(keys: Iterable[str], name: str = "The checkpoint") -> str:
             f"{name} holds a single diffusers component (UNet), not a whole checkpoint; load the model "
             "folder that contains model_index.json instead."
         )
-    if has("string_to_param") or has("emb_params") or has("clip_l") or has("clip_g"):
-        raise SourceError(f"{name} is a textual-inversion embedding, not a model checkpoint.")
     raise SourceError(
         f"{name} is not a Stable Diffusion checkpoint (it has no model.diffusion_model.* weights); "
         "pick an SD 1.x or SDXL .safetensors/.ckpt file."

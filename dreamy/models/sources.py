@@ -63,6 +63,11 @@ def classify(spec: str) -> tuple[str, Path | None]:
         return "folder", path
     if path.is_file():
         if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
+            from .single_file import describe_weights_file
+
+            what = describe_weights_file(path) if path.suffix.lower() in (".bin", ".pt", ".pth") else None
+            if what is not None:
+                raise SourceError(what)
             raise SourceError(
                 f"'{spec}' is a {path.suffix or 'suffix-less'} file; a model file must be "
                 f"{', '.join(SINGLE_FILE_SUFFIXES)} (or give a diffusers folder or a hub id)."

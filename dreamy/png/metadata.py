@@ -78,17 +78,67 @@ def save_png(image: Image.Image, path: Path, recipe: Recipe | None = None, extra
     return atomic_write(path, lambda f: image.save(f, format="PNG", pnginfo=info))
 
 
+MAX_EXIF_TEXT = 1 << 20  # an infotext is a few kB; a megabyte of "comment" is not one
+_USER_COMMENT, _MAKER_NOTE, _EXIF_IFD = 0x9286, 0x927C, 0x8769
+
+
+def decode_user_comment(raw: Any) -> str | None:
+    """EXIF UserComment as A1111/Forge/Fooocus write it: an 8-byte charset prefix, then the text.
+
+    ``UNICODE\\0`` is followed by UTF-16 in either byte order (piexif writes big-endian, other tools
+    little-endian; a BOM decides, else where the zero bytes sit), ``ASCII\\0\\0\\0`` by plain text,
+    eight zero bytes (undefined) by UTF-8 as a courtesy. Anything else is not a comment we can read."""
+    if isinstance(raw, str):
+        return raw.strip("\x00") or None
+    if not isinstance(raw, bytes | bytearray) or len(raw) < 8 or len(raw) > MAX_EXIF_TEXT:
+        return None
+    head, body = bytes(raw[:8]), bytes(raw[8:])
+    if head == b"UNICODE\0":
+        if body[:2] in (b"\xfe\xff", b"\xff\xfe"):
+            codec, body = ("utf-16-be" if body[:2] == b"\xfe\xff" else "utf-16-le"), body[2:]
+        else:  # ASCII-range text has its zero byte first in big-endian, second in little-endian
+            codec = "utf-16-be" if body[0::2].count(0) >= body[1::2].count(0) else "utf-16-le"
+        text = body[: len(body) // 2 * 2].decode(codec, errors="replace")
+    elif head in (b"ASCII\0\0\0", b"\0" * 8):
+        text = body.decode("utf-8", errors="replace")
+    else:
+        return None
+    return text.strip("\x00") or None
+
+
+def _exif_text(im: Image.Image) -> dict[str, str]:
+    """The A1111-style text a JPEG or WebP keeps in EXIF: UserComment -> ``parameters`` (and Fooocus'
+    scheme, which it writes into MakerNote, -> ``fooocus_scheme``)."""
+    try:
+        ifd = im.getexif().get_ifd(_EXIF_IFD)
+    except Exception:  # a malformed EXIF block is no recipe, never a crash  # noqa: BLE001
+        return {}
+    out = {}
+    comment = decode_user_comment(ifd.get(_USER_COMMENT))
+    if comment:
+        out["parameters"] = comment
+    note = ifd.get(_MAKER_NOTE)
+    if isinstance(note, bytes) and note.strip(b"\0") in (b"fooocus", b"a1111"):
+        out["fooocus_scheme"] = note.strip(b"\0").decode()
+    return out
+
+
 def read_text_chunks(path: Path) -> dict[str, str]:
-    """The PNG's text chunks; a RecallError if the file is not a readable image."""
+    """The image's text: a PNG's text chunks, or for a JPEG/WebP the infotext in its EXIF UserComment
+    (as ``parameters``, where A1111 and Forge put it in a PNG); a RecallError if the file is not a
+    readable image."""
     try:
         with Image.open(path) as im:
-            im.verify()  # checks chunk CRCs without decoding the pixels
+            im.verify()  # checks a PNG's chunk CRCs without decoding the pixels
         with Image.open(path) as im:
-            text = dict(getattr(im, "text", {}) or {})
+            text = dict(getattr(im, "text", {}) or {}) if im.format == "PNG" else {}
+            if im.format in ("JPEG", "MPO", "WEBP"):
+                text = _exif_text(im)
     except FileNotFoundError:
         raise RecallError(f"No file at '{path}'.") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise RecallError(f"'{path}' is not a readable PNG ({type(e).__name__}: {e!s:.80}).") from None
+        raise RecallError(f"'{path}' is not a readable PNG, JPEG or WebP image ({type(e).__name__}: {e!s:.80}).") \
+            from None
     return {k: v for k, v in text.items() if isinstance(v, str)}
 
 
@@ -97,10 +147,10 @@ def read_recipe(path: Path) -> Recipe:
     chunks = read_text_chunks(path)
     raw = chunks.get(CHUNK)
     if raw is None:
-        if "parameters" in chunks or "fooocus_scheme" in chunks or "Comment" in chunks:
+        if chunks.keys() & {"parameters", "fooocus_scheme", "Comment", "prompt", "workflow"}:
             raise RecallError(
                 f"'{path}' was made by another tool (it has no Dreamy recipe); its parameters can be shown "
-                "but Dreamy cannot re-create it exactly."
+                "(CLI: info) and dreamed again (CLI: recall --use-settings), but Dreamy cannot re-create it exactly."
             )
         raise RecallError(f"'{path}' carries no recipe: it was not made by Dreamy, or its metadata was stripped.")
     if len(raw) > MAX_CHUNK:
@@ -108,26 +158,54 @@ def read_recipe(path: Path) -> Recipe:
     return Recipe.from_json(raw)
 
 
-_A1111_FIELD = re.compile(r'\s*([\w ]+):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
+# A1111's "Key: value" settings: a key starts with a word character and may hold spaces, - and /;
+# a value is a JSON-quoted string or runs to the next comma (line breaks included: an extension's
+# value may span lines).
+_A1111_FIELD = re.compile(r'\s*(\w[\w \-/]*):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
+_KEY_START = re.compile(r"^\s*\w[\w \-/]*:\s")
+
+
+def _settings_start(lines: list[str]) -> int | None:
+    """Index of the settings line: the last that starts with ``Steps:`` (A1111 writes Steps first);
+    else, as A1111 reads older or foreign text, the last line when it holds three or more fields."""
+    for i in range(len(lines) - 1, -1, -1):
+        if lines[i].lstrip().startswith("Steps:"):
+            return i
+    if lines and len(_A1111_FIELD.findall(lines[-1])) >= 3 and _KEY_START.match(lines[-1]):
+        return len(lines) - 1
+    return None
 
 
 def parse_a1111(text: str) -> dict[str, Any]:
-    """A1111's ``parameters`` text -> {'prompt', 'negative_prompt', and each 'Key: value' field}."""
-    lines = text.strip().split("\n")
+    """A1111's ``parameters`` text -> {'prompt', 'negative_prompt', and each 'Key: value' field}.
+
+    The prompt runs to the line that starts with ``Negative prompt:``, the negative prompt from there
+    to the settings; the settings run from the line that starts with ``Steps:`` to the end. A line
+    after it that starts with ``Key:`` is an extension's appended line of settings; any other line
+    continues the value before it (a value that holds a raw line break)."""
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").strip().split("\n")
     fields: dict[str, Any] = {}
-    if lines and _A1111_FIELD.match(lines[-1]) and "Steps:" in lines[-1]:
-        for key, value in _A1111_FIELD.findall(lines.pop()):
+    at = _settings_start(lines)
+    if at is not None:
+        settings = lines[at]
+        for line in lines[at + 1:]:
+            settings += (", " if _KEY_START.match(line) else "\n") + line
+        del lines[at:]
+        for key, value in _A1111_FIELD.findall(settings):
             value = value.strip()
             if value.startswith('"'):
                 try:
                     value = json.loads(value)
                 except ValueError:
                     value = value.strip('"')
-            fields[key.strip()] = value
+            if key.strip() and str(value) != "":
+                fields.setdefault(key.strip(), value)
     prompt, negative, target = [], [], None
     for line in lines:
-        if line.startswith("Negative prompt:"):
+        if target is None and line.lstrip().startswith("Negative prompt:"):
             target = negative
-            line = line[len("Negative prompt:"):].strip()
+            line = line.lstrip()[len("Negative prompt:"):].strip()
         (negative if target is negative else prompt).append(line)
+    fields.pop("prompt", None)
+    fields.pop("negative_prompt", None)
     return {"prompt": "\n".join(prompt).strip(), "negative_prompt": "\n".join(negative).strip(), **fields}

@@ -10,6 +10,7 @@ any ``.toml`` file there, in ``$DREAMY_PRESETS``, or given by path.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from ..errors import PresetError
 from .settings import SECTIONS, build, field_names
 
 BUILTIN_DIR = Path(__file__).resolve().parents[2] / "presets"
+PRESET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # a file stem in a preset folder
 _TOP_KEYS = {"name", "description", "extends", *SECTIONS}
 
 
@@ -60,6 +62,25 @@ def find_preset(name_or_path: str | Path) -> Path:
             return candidate
     known = ", ".join(list_presets()) or "none"
     raise PresetError(f"No preset named '{name_or_path}' (known presets: {known}).")
+
+
+def load_named_preset(name: str) -> Preset:
+    """The preset called exactly ``name``: ``<name>.toml`` in the preset folders that declares that name.
+
+    For names that come from untrusted places (a PNG's recipe, an API call): never a path, no trimming,
+    no case folding, so ``"biased-dreams "``, ``"Biased-Dreams"`` and ``"/tmp/x.toml"`` are refused.
+    Raises PresetError when there is no such preset.
+    """
+    if not isinstance(name, str) or not PRESET_NAME.fullmatch(name) or name.endswith(".toml"):
+        raise PresetError(f"{str(name)[:60]!r} is not a preset name (letters, digits, '.', '_', '-'; never a path).")
+    for folder in preset_dirs():
+        candidate = folder / f"{name}.toml"
+        if candidate.is_file():
+            preset = load_preset(candidate)
+            if preset.name == name:
+                return preset
+    known = ", ".join(list_presets()) or "none"
+    raise PresetError(f"No preset named '{name}' in the preset folders (known presets: {known}).")
 
 
 def _read_raw(path: Path, chain: tuple[Path, ...] = ()) -> dict:
@@ -121,9 +142,10 @@ def load_preset(name_or_path: str | Path) -> Preset:
         locked=locked,
         **values,
     )
-    from .samplers import check_scheduler_args
+    from .samplers import check_sampler_runs
 
-    check_scheduler_args(preset.dream.sampler, preset.dream.scheduler, f"{path} [dream.scheduler]")
+    check_sampler_runs(preset.dream.sampler, preset.dream.scheduler, preset.dream.steps,
+                       f"{path} [dream] sampler/steps with [dream.scheduler]")
     return preset
 
 

@@ -194,6 +194,11 @@ def resolve(
         values[name] = value
         if name in locked:
             changes[name] = {"preset": base[name], "value": value}
+    if job == "dream" and any(values[k] != base[k] for k in ("sampler", "scheduler", "steps")):
+        from .samplers import check_sampler_runs
+
+        check_sampler_runs(values["sampler"], values["scheduler"], values["steps"],
+                           f"dream settings (preset '{preset.name}' with sampler/steps/scheduler overridden)")
     return Recipe(
         job=job,
         preset=preset.name,

@@ -99,7 +99,8 @@ class TrainSettings:
     # checkpoints and validation
     checkpoints_total_limit: int = _f(0, range=(0, 100_000), doc="keep this many newest checkpoints; 0 keeps all")
     keep_resume_state: str = _f("last", choices=("last", "all"),
-                                doc="optimizer state etc. in the newest checkpoint only, or in every one")
+                                doc="optimizer state etc. in the two newest checkpoints (the one before is the fallback "
+                                "if the newest is damaged), or in every one")
     validation_seeds: str = _f("0-3", doc="seeds rendered with the Dream preset at step 0 and each checkpoint")
 
 

@@ -13,7 +13,9 @@ Layout of ``models/<run>/checkpoints/step-XXXX/``::
 The frozen parts (VAE, tokenizer, an untrained text encoder, a LoRA's base) are not copied: the
 checkpoint names its base model once, with its hash, and loading checks that hash. A checkpoint is
 written into a hidden temporary folder and renamed into place, so it is complete or absent; older
-ones are pruned only after the new one is in place.
+ones are pruned only after the new one is in place. The marker records each file's size and sha256,
+so damage found later (resume, load) is named; resume then falls back to the newest intact checkpoint,
+which is why the two newest keep their resume states.
 """
 
 from __future__ import annotations
@@ -30,9 +32,10 @@ import numpy as np
 import torch
 
 from ..atomic import output_error
-from ..layout import CHECKPOINT_FILE, step_dir
+from ..errors import TrainError
+from ..layout import CHECKPOINT_FILE, step_dir, step_of
 from ..layout import checkpoints as list_checkpoints
-from ..models.checkpoints import FORMAT, PART_FILES
+from ..models.checkpoints import FORMAT, PART_FILES, damage, manifest, marker_sha256
 from .modes import Trainables
 
 
@@ -45,6 +48,48 @@ def latest_resumable(run_dir: Path) -> Path | None:
         if has_resume_state(path):
             return path
     return None
+
+
+def newest_intact(run_dir: Path) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """The newest checkpoint whose resume state and files are intact (sizes and sha256 as written),
+    and the (folder, why) of each newer ``step-*`` folder passed over: damaged, or without a marker
+    or a resume state. Older checkpoints without a resume state (pruned) are not listed."""
+    listed = dict((p, step) for step, p in list_checkpoints(run_dir))
+    folders = dict(listed)
+    root = Path(run_dir) / "checkpoints"
+    if root.is_dir():
+        for d in root.iterdir():
+            if d.is_dir() and d not in folders and step_of(d) is not None:
+                folders[d] = step_of(d)
+    skipped: list[tuple[Path, str]] = []
+    for path in sorted(folders, key=lambda p: folders[p], reverse=True):
+        if path not in listed:
+            skipped.append((path, f"{CHECKPOINT_FILE} is missing"))
+            continue
+        if not has_resume_state(path):
+            if path == max(listed, key=listed.get):
+                skipped.append((path, "its resume state is missing"))
+            continue  # an older checkpoint whose resume state was pruned
+        why = damage(path, resume=True)
+        if why is None:
+            return path, skipped
+        skipped.append((path, why))
+    return None, skipped
+
+
+def set_aside(path: Path) -> Path | None:
+    """Move a damaged checkpoint out of the run's checkpoints (kept as ``damaged-step-XXXX``), so that
+    resuming rewrites its step; None if it could not be moved (another process did, or it is gone)."""
+    target = path.with_name(f"damaged-{path.name}")
+    n = 1
+    while target.exists():
+        n += 1
+        target = path.with_name(f"damaged-{path.name}-{n}")
+    try:
+        os.rename(path, target)
+    except OSError:
+        return None
+    return target
 
 
 # -------------------------------------------------------------------------------------------- saving
@@ -89,7 +134,16 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     scaler: Any,
 ) -> Path:
-    """Write checkpoint ``step`` atomically: the inference parts in fp16 plus the full resume state."""
+    """Write checkpoint ``step`` atomically: the inference parts in fp16 plus the full resume state.
+
+    The marker records every file's size and sha256 (read back from disk), so a checkpoint damaged
+    later is recognised on resume and on load. Non-finite trained weights are refused (TrainError):
+    a diverged run never overwrites or adds a checkpoint.
+    """
+    bad = [k for k, t in trainables.params.items() if not bool(torch.isfinite(t.detach()).all())]
+    if bad:
+        raise TrainError(f"The trained weights became NaN or infinite by step {step} ({bad[0]}); the run diverged "
+                         "and this step was not saved: lower the learning rate or resume from an earlier checkpoint.")
     final = step_dir(run_dir, step)
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
@@ -118,7 +172,9 @@ def save_checkpoint(
             "rng": _rng_states(),
         }
         torch.save(state, tmp / "resume" / "state.pt")
-        meta = {**meta, "format": FORMAT, "step": step, "parts": sorted(parts), "tokens": trainables.tokens}
+        meta = {**meta, "format": FORMAT, "step": step, "parts": sorted(parts), "tokens": trainables.tokens,
+                "files": manifest(tmp)}
+        meta["marker_sha256"] = marker_sha256(meta)
         (tmp / CHECKPOINT_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True), encoding="utf-8")
         os.chmod(tmp, 0o755)
         replace_dir(tmp, final)
@@ -164,7 +220,11 @@ def _remove(path: Path) -> None:
 
 
 def prune(run_dir: Path, total_limit: int, keep_resume_state: str) -> list[Path]:
-    """Drop the oldest checkpoints beyond ``total_limit`` (0 keeps all) and stale resume states."""
+    """Drop the oldest checkpoints beyond ``total_limit`` (0 keeps all) and stale resume states.
+
+    ``keep_resume_state="last"`` keeps the resume states of the two newest checkpoints: should the
+    newest be damaged later (a full disk, a copy cut short), the run still resumes from the one before.
+    """
     ckpts = list_checkpoints(run_dir)
     removed = []
     if total_limit > 0 and len(ckpts) > total_limit:
@@ -173,7 +233,7 @@ def prune(run_dir: Path, total_limit: int, keep_resume_state: str) -> list[Path]
             removed.append(path)
         ckpts = ckpts[len(ckpts) - total_limit :]
     if keep_resume_state == "last":
-        for _, path in ckpts[:-1]:
+        for _, path in ckpts[:-2]:
             if (path / "resume").is_dir():
                 _remove(path / "resume")
     return removed

@@ -7,21 +7,37 @@ without saving generator states: resume is bit-identical by construction, even w
 
 from __future__ import annotations
 
+import codecs
 import hashlib
+import logging
 import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import TrainDataError
+from ..errors import TrainDataError, TrainSetupError
 from ..images import ImageScan, load_images
 
 TRIGGER_MARK = "[trigger]"
+log = logging.getLogger(__name__)
+
+_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),
+         (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
+
+
+def decode_text(raw: bytes) -> str:
+    """A user's text file as text: UTF-8, or UTF-8/UTF-16/UTF-32 with a byte-order mark (Windows
+    Notepad's "Unicode"); raises UnicodeDecodeError for anything else."""
+    for bom, codec in _BOMS:  # UTF-32 LE before UTF-16 LE: its BOM starts with UTF-16's
+        if raw.startswith(bom):
+            return raw.decode(codec)
+    return raw.decode("utf-8")
 
 
 @dataclass
@@ -53,6 +69,22 @@ def apply_trigger(caption: str, trigger: str) -> str:
     return f"{trigger}, {caption}" if caption else trigger
 
 
+def check_caption(tokenizer: Any, caption: str, trigger: str = "") -> str:
+    """Refuse (TrainSetupError, before training starts) a caption whose trigger word falls past what the
+    text encoder reads; return the words it cuts otherwise ("" when it fits, logged as a warning)."""
+    from ..models.tokens import dropped_text, survives, token_budget
+
+    dropped = dropped_text(tokenizer, caption)
+    if not dropped:
+        return ""
+    if trigger and not survives(tokenizer, caption, trigger):
+        raise TrainSetupError(
+            f"The trigger word '{trigger}' falls past the {token_budget(tokenizer)} tokens the text encoder reads in "
+            f"the caption \"{caption[:120]}{'...' if len(caption) > 120 else ''}\"; shorten the caption or "
+            "instance prompt, or put the trigger word (or [trigger]) at its start.")
+    return dropped  # loss.tokenize logs it
+
+
 def _caption_for(path: Path, prompt: str, use_files: bool, notes: list[str]) -> str:
     if not use_files:
         return prompt
@@ -61,9 +93,10 @@ def _caption_for(path: Path, prompt: str, use_files: bool, notes: list[str]) -> 
         notes.append("no caption file: instance prompt used")
         return prompt
     try:
-        text = " ".join(txt.read_text(encoding="utf-8-sig").split())
+        text = " ".join(decode_text(txt.read_bytes()).split())
     except (OSError, UnicodeDecodeError) as e:
-        notes.append(f"{txt.name} unreadable ({type(e).__name__}): instance prompt used")
+        why = "not UTF-8 or UTF-16 text" if isinstance(e, UnicodeDecodeError) else type(e).__name__
+        notes.append(f"{txt.name} unreadable ({why}): instance prompt used")
         return prompt
     if not text:
         notes.append(f"{txt.name} is empty: instance prompt used")

@@ -21,7 +21,7 @@ import torch
 from ..errors import ExportError
 from ..layout import CHECKPOINT_FILE
 from ..layout import checkpoints as list_checkpoints
-from ..models.checkpoints import PART_FILES, read_meta
+from ..models.checkpoints import PART_FILES, damage, read_meta
 from ..models.single_file import CONFIGS, save_single_file
 from ..models.sources import load_model
 from .checkpoints import replace_dir
@@ -213,6 +213,9 @@ def export(
         raise ExportError(f"Unknown export format '{unknown[0]}'; choose from {', '.join(FORMATS)}.")
     folder = _resolve_checkpoint(checkpoint, step)
     meta = read_meta(folder)
+    hurt = damage(folder, resume=False, meta=meta, cached=True)
+    if hurt is not None:
+        raise ExportError(f"Checkpoint '{folder}' is damaged ({hurt}); export another checkpoint of the run.")
     name = meta.get("run") or folder.parent.parent.name
     out = Path(out_dir) if out_dir is not None else folder.parent.parent / "export" / folder.name
     files: dict[str, Path] = {}

@@ -43,9 +43,18 @@ from .logbook import LOG_NAME, PLOT_NAME, LossLog, plot
 from .loss import Batchable, MicroLoss, cache_latents, tokenize
 from .modes import Trainables, setup_mode
 from .optim import apply_lr, make_optimizer
-from .parallel import Group, join
+from .parallel import Group, is_main_process, join
 from .prior import class_folder, generate_class_images, load_class_images, missing_class_images
-from .runs import TrainError, base_record, check_resumable, run_dir_for, write_run_record
+from .runs import (
+    TrainError,
+    base_record,
+    check_photos,
+    check_resumable,
+    photo_record,
+    record_photo_change,
+    run_dir_for,
+    write_run_record,
+)
 from .validation import GRID_NAME, render, write_grid
 
 
@@ -100,6 +109,7 @@ def train(
     device: str | None = None,
     validation: dict[str, Any] | None = None,
     cancel: CancelToken | None = None,
+    allow_changed_photos: bool = False,
 ) -> Iterator[TrainEvent]:
     """Fine-tune ``base`` on ``images`` with ``preset``'s [train] recipe, as a generator of events.
 
@@ -127,6 +137,8 @@ def train(
             CPU); they need no unlock and are recorded in each PNG's recipe.
         cancel: once set, the current step finishes, a checkpoint is saved and the generator ends
             with ``Finished(stopped=True)``; continue later with ``resume=True``.
+        allow_changed_photos: resume although the photos differ from those run.json recorded (added,
+            removed or changed); run.json records the change and the step it happened at.
 
     Yields (``step`` is always the optimizer steps done, ``total`` is ``max_train_steps``):
         ``Started`` (run folder, the step resumed from or None, one line per image), then on the
@@ -143,7 +155,8 @@ def train(
     for that step, ``StepDone.loss`` the mean MSE of its micro-steps (over all processes).
 
     Writes ``<models_dir>/<name>/``:
-        ``run.json``: the name, the base (source + sha256), the whole recipe, the image report.
+        ``run.json``: the name, the base (source + sha256), the whole recipe, the image report, the
+        photos (name, sha256, caption) and any ``photo_changes`` allowed on a resume (with their step).
         ``checkpoints/step-XXXX/``: the trained parts (fp16) and ``resume/`` (fp32 masters,
         optimizer, scaler, RNG states); beyond ``checkpoints_total_limit`` the oldest are removed,
         and older resume states too unless ``keep_resume_state="all"``.
@@ -159,9 +172,12 @@ def train(
             that ``unlock`` does not name.
         SeedSyntaxError: ``validation_seeds`` cannot be parsed.
         TrainError: a bad run name; the run has checkpoints and ``resume`` is False; nothing to
-            resume; a resume with another base, process count or a setting that may not change;
-            prior preservation without a class prompt; already at ``max_train_steps``; the loss
-            became NaN or infinite (diverged).
+            resume (or no checkpoint with an intact resume state: a damaged newer one is named in a
+            ``Notice``, moved aside as ``damaged-step-XXXX`` and the newest intact one resumed); a
+            resume with another base, process count, a setting that may not change, or other photos
+            (unless ``allow_changed_photos``); prior preservation without a class prompt; already at
+            ``max_train_steps``; the loss, the gradients or the weights became NaN or infinite
+            (diverged: no checkpoint of that step is written).
         TrainSetupError (TrainError's base): a missing package (peft, prodigyopt) or a mode that
             cannot be set up (e.g. pivotal tuning without a trigger word).
         TrainDataError: no usable training (or class) image.
@@ -176,7 +192,7 @@ def train(
     ``Notice`` and ``ValidationDone``; the others yield the same steps and checkpoints.
     """
     run, opening = _set_up(images, name, preset, base, overrides, unlock, models_dir, resume, device,
-                           validation, cancel)
+                           validation, cancel, allow_changed_photos)
     yield from opening  # Started, then the main process's notices
     s, group, total = run.s, run.group, run.total
     if run.start == 0:  # the base model's renders: the grid's first row
@@ -222,7 +238,7 @@ def train(
 def _set_up(images: str | os.PathLike | Sequence[str | os.PathLike], name: str, preset: str | Preset, base: str, overrides: dict[str, Any] | None,
             unlock: bool | Iterable[str], models_dir: str | os.PathLike | None, resume: bool,
             device: str | None, validation: dict[str, Any] | None,
-            cancel: CancelToken | None) -> tuple[_Run, list[TrainEvent]]:
+            cancel: CancelToken | None, allow_changed_photos: bool = False) -> tuple[_Run, list[TrainEvent]]:
     """Everything before the first event; returns the run and its opening events (Started, Notices)."""
     preset = load_preset(preset) if isinstance(preset, str) else preset
     recipe = resolve(preset, "train", overrides, unlock)
@@ -230,13 +246,15 @@ def _set_up(images: str | os.PathLike | Sequence[str | os.PathLike], name: str, 
     dream_recipe = resolve(preset, "dream", validation, unlock=list(validation or {}))
     seeds = parse_seeds(s.validation_seeds) if s.validation_seeds.strip() else []
     run_dir = run_dir_for(name, models_dir)
-    resume_from = _preflight(name, run_dir, s, resume)
+    resume_from, skipped = _preflight(name, run_dir, s, resume)
 
     group = join(device)  # one process without a launcher: no collective at all
     dev = group.device if group.device is not None else pick_device(device)
     dtype = _compute_dtype(s, dev)
     data = prepare_images(images, resolution=s.resolution, prompt=s.instance_prompt, trigger=s.trigger_word,
                           captions=s.captions, crop=s.crop)
+    photos = photo_record(data.images, s.captions == "files")
+    changed = check_photos(run_dir, photos, allow_changed_photos) if resume_from is not None else None
     model = load_model(base, device=dev, precision="fp32")  # fp32: the trained tensors are the masters
     if resume_from is not None:
         check_resumable(run_dir, recipe, model.ref, group.size)
@@ -244,7 +262,7 @@ def _set_up(images: str | os.PathLike | Sequence[str | os.PathLike], name: str, 
     optimizer, opt_note = make_optimizer(tr.groups, s)
     scaler = torch.amp.GradScaler("cuda", enabled=dev.type == "cuda" and dtype == torch.float16)
     live = SDModel(model.ref, "sd15", tr.unet, model.vae, tr.text_encoder, tr.tokenizer, dev, dtype)
-    notices = [opt_note] if opt_note else []
+    notices = [*skipped, *([opt_note] if opt_note else [])]
     if group.size > 1:
         notices.append(f"Data-parallel over {group.size} processes: a global batch of {s.train_batch_size} x "
                        f"{group.size} = {s.train_batch_size * group.size} images per micro-step.")
@@ -253,7 +271,12 @@ def _set_up(images: str | os.PathLike | Sequence[str | os.PathLike], name: str, 
     run = _Run(name, s, recipe.replace(model=model.ref), dream_recipe, seeds, run_dir, group, tr, optimizer,
                scaler, live, MicroLoss(s, model, tr, inst, prior, dev, dtype, group),
                LossLog(run_dir / "logs" / LOG_NAME))
-    run.start = _start_at(run, resume_from, data.report)
+    run.start = _start_at(run, resume_from, data.report, photos)
+    if changed is not None and group.is_main:
+        record_photo_change(run_dir, run.start, changed, photos)
+        if any(changed.values()):
+            notices.append(f"The photos changed since step {run.start} (" + "; ".join(
+                f"{k}: {', '.join(v)}" for k, v in changed.items() if v) + "); run.json records it.")
     group.barrier()  # the run folder is set up before anyone trains
     if run.start >= run.total:
         raise TrainError(f"Run '{name}' is already at step {run.start} of {run.total}; raise max_train_steps "
@@ -267,20 +290,30 @@ def _uses_prior(s: TrainSettings) -> bool:
     return s.mode == "prior" or s.prior_preservation
 
 
-def _preflight(name: str, run_dir: Path, s: TrainSettings, resume: bool) -> Path | None:
-    """The checks that need no model; returns the checkpoint to resume from (None: a new run)."""
+def _preflight(name: str, run_dir: Path, s: TrainSettings, resume: bool) -> tuple[Path | None, list[str]]:
+    """The checks that need no model; returns the checkpoint to resume from (None: a new run) and
+    the notices about newer checkpoints found damaged (moved aside as ``damaged-step-XXXX``)."""
     if resume:
         ckpt.remove_leftovers(run_dir)  # temporary folders of writes a crash cut short
     existing = ckpt.list_checkpoints(run_dir)
-    resume_from = ckpt.latest_resumable(run_dir) if resume else None
+    resume_from, skipped = ckpt.newest_intact(run_dir) if resume else (None, [])
     if existing and not resume:
         raise TrainError(f"Run '{name}' already exists with {len(existing)} checkpoint(s) (last: step "
                          f"{existing[-1][0]}); resume it or choose another name.")
+    if resume and resume_from is None and skipped:
+        path, why = skipped[0]
+        raise TrainError(f"Run '{name}' cannot resume: checkpoint {path.name} is damaged ({why}) and no earlier "
+                         "checkpoint has an intact resume state; start the run again under another name.")
     if resume and resume_from is None:
         raise TrainError(f"Run '{name}' has no checkpoint with a resume state to continue from.")
     if _uses_prior(s) and not s.class_prompt.strip():
         raise TrainError("Prior preservation needs a class prompt (e.g. 'a photo of a person').")
-    return resume_from
+    notes = []
+    for path, why in skipped:  # later steps are written again from the resumed one
+        aside = ckpt.set_aside(path) if is_main_process() else None
+        notes.append(f"Checkpoint {path.name} is damaged ({why}); resuming from {resume_from.name}"
+                     + (f" (the damaged one is kept as {aside.name})." if aside else "."))
+    return resume_from, notes
 
 
 def _compute_dtype(s: TrainSettings, device: torch.device) -> torch.dtype:
@@ -337,7 +370,7 @@ def _batches(s: TrainSettings, tr: Trainables, live: SDModel, data: TrainingSet,
     return inst, prior
 
 
-def _start_at(run: _Run, resume_from: Path | None, report: list[str]) -> int:
+def _start_at(run: _Run, resume_from: Path | None, report: list[str], photos: list[dict[str, Any]]) -> int:
     """The step the run starts at. A resume restores its checkpoint and drops the log rows and renders
     made after it; a new run starts its folder over (an attempt that saved no checkpoint) with run.json."""
     if resume_from is not None:
@@ -354,7 +387,7 @@ def _start_at(run: _Run, resume_from: Path | None, report: list[str]) -> int:
             for sub in ("validation", "logs"):
                 shutil.rmtree(run.run_dir / sub, ignore_errors=True)
         record = {"format": 1, "name": run.name, "base": base_record(run.base), "recipe": run.recipe.to_dict(),
-                  "images": report}
+                  "images": report, "photos": photos}
         if run.group.size > 1:
             record["processes"] = run.group.size
         write_run_record(run.run_dir, record)
@@ -363,7 +396,12 @@ def _start_at(run: _Run, resume_from: Path | None, report: list[str]) -> int:
 
 def _restore(path: Path, tr: Trainables, optimizer: torch.optim.Optimizer, scaler: Any) -> int:
     """Load a checkpoint's resume state into the live run; returns its step."""
-    masters, state = ckpt.read_resume(path)
+    try:
+        masters, state = ckpt.read_resume(path)
+    except Exception as e:  # noqa: BLE001 - damaged between the check and the read: one sentence, not a traceback
+        raise TrainError(f"Checkpoint {path.name} of run '{path.parent.parent.name}' cannot be read "
+                         f"({str(e).splitlines()[0][:80] if str(e) else type(e).__name__}); resume again to fall "
+                         "back to an earlier checkpoint.") from None
     with torch.no_grad():
         for key, p in tr.params.items():
             p.copy_(masters[key].to(p.device))
@@ -398,26 +436,42 @@ def _optimizer_step(run: _Run, step: int) -> tuple[float, float]:
         losses.append(loss.detach())
     params = tr.optimizer_params()
     group.sum_grads(params)  # N processes: the global batch's gradient, identical on every rank
+    loss_value = float(group.sum(torch.stack(losses).mean()))
+    if not math.isfinite(loss_value):  # before the update: the weights (and every checkpoint) stay finite
+        _diverged(f"the loss became {loss_value}", step)
     if scaler.is_enabled():
         scaler.unscale_(optimizer)
-    if s.max_grad_norm > 0:
-        torch.nn.utils.clip_grad_norm_(params, s.max_grad_norm)
+    norm = torch.nn.utils.clip_grad_norm_(params, s.max_grad_norm) if s.max_grad_norm > 0 else None
+    if not scaler.is_enabled():  # (fp16: the scaler skips a step with inf/NaN gradients and lowers its scale)
+        if not _finite(params, norm, grads=True):
+            _diverged("the gradients became NaN or infinite", step)
     scale_before = scaler.get_scale() if scaler.is_enabled() else None
     scaler.step(optimizer)
     scaler.update()
     skipped = scale_before is not None and scaler.get_scale() < scale_before
     tr.zero_grad(optimizer)
     tr.after_step()
-    loss_value = float(group.sum(torch.stack(losses).mean()))
-    if not math.isfinite(loss_value):
-        raise TrainError(f"The loss became {loss_value} at step {step + 1}; the run diverged: lower the learning "
-                         "rate or resume from an earlier checkpoint.")
+    if not _finite(params):
+        _diverged("the trained weights became NaN or infinite", step)
     row = {"step": step + 1, "loss": loss_value, "lr": lr}
     if skipped:
         row["skipped"] = True  # fp16 overflow: the scaler skipped this update and lowered its scale
     if group.is_main:
         run.log.append(**row)
     return loss_value, lr
+
+
+def _finite(tensors: list[torch.Tensor], norm: torch.Tensor | None = None, grads: bool = False) -> bool:
+    """Whether every value is finite (the gradients' when ``grads``): one sum per tensor, one sync."""
+    if norm is not None:
+        return bool(torch.isfinite(norm))
+    sums = [(t.grad if grads else t).detach().sum(dtype=torch.float32) for t in tensors if not grads or t.grad is not None]
+    return not sums or bool(torch.isfinite(torch.stack(sums).sum()))
+
+
+def _diverged(what: str, step: int) -> None:
+    raise TrainError(f"Training stopped at step {step + 1}: {what}, so the run diverged; the checkpoints already "
+                     "saved are kept and intact: lower the learning rate, or resume from an earlier checkpoint.")
 
 
 def _eta(s: TrainSettings, step: int, step_times: list[float], ckpt_times: list[float]) -> float:

@@ -36,6 +36,10 @@ class Batchable:
 
 
 def tokenize(tokenizer: Any, captions: Sequence[str]) -> torch.Tensor:
+    """Token ids [n, 77]; a caption the encoder cuts (the class prompt, a long caption) is logged once."""
+    from ..models.tokens import check_prompts
+
+    check_prompts(tokenizer, {f"training caption \"{c[:40]}...\"": c for c in dict.fromkeys(captions)})
     return tokenizer(list(captions), padding="max_length", max_length=tokenizer.model_max_length,
                      truncation=True, return_tensors="pt").input_ids
 

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from ..recipes.settings import TrainSettings
-from .data import derived_seed
+from .data import check_caption, derived_seed
 from .optim import TrainSetupError, quiet_bitsandbytes
 
 UNET_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
@@ -94,10 +94,19 @@ class Trainables:
                 weight[: self._orig_rows.shape[0]] = self._orig_rows
 
     def substitute(self, caption: str, trigger: str) -> str:
-        """Pivotal tuning: the trigger word becomes the new tokens in a caption."""
+        """Pivotal tuning: the trigger word becomes the new tokens in a caption.
+
+        Every mode: a caption whose trigger word would be cut by the text encoder stops the run here,
+        before training starts (TrainSetupError); other cut captions are logged (:func:`check_caption`)."""
         if not self.tokens or not trigger:
+            check_caption(self.tokenizer, caption, trigger if trigger and trigger in caption else "")
             return caption
-        return re.sub(rf"(?<!\w){re.escape(trigger)}(?!\w)", "".join(self.tokens), caption)
+        out = re.sub(rf"(?<!\w){re.escape(trigger)}(?!\w)", "".join(self.tokens), caption)
+        if "".join(self.tokens) in out:
+            check_caption(self.tokenizer, out, "".join(self.tokens))
+            return out
+        check_caption(self.tokenizer, out)
+        return out
 
     def checkpoint_parts(self) -> dict[str, dict[str, torch.Tensor]]:
         """The tensors a checkpoint of this mode stores (before the fp16 cast), by part name."""

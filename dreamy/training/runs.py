@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -55,3 +57,63 @@ def check_resumable(run_dir: Path, recipe: Recipe, base: ModelRef, processes: in
     if changed:
         raise TrainError(f"Run '{run_dir.name}' cannot resume with a different '{changed[0]}' "
                          f"({old.get(changed[0])!r} -> {new[changed[0]]!r}); only {', '.join(sorted(RESUMABLE_CHANGES))} may change.")
+
+
+# ------------------------------------------------------------------------------------------- photos
+
+
+def photo_record(images: Sequence[Any], caption_files: bool) -> list[dict[str, Any]]:
+    """What run.json says about the photos a run trains on: name, content sha256, the caption used
+    (and its caption file, with ``captions="files"``). ``images`` are ``data.TrainImage``s."""
+    out: list[dict[str, Any]] = []
+    names = [Path(im.path).name for im in images]
+    for im, name in zip(images, names, strict=True):
+        path = Path(im.path)
+        rec: dict[str, Any] = {"name": name if names.count(name) == 1 else str(path),
+                               "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "caption": im.caption}
+        txt = path.with_suffix(".txt")
+        if caption_files and txt.is_file():
+            rec["caption_file"] = {"name": txt.name, "sha256": hashlib.sha256(txt.read_bytes()).hexdigest()}
+        out.append(rec)
+    return out
+
+
+def photo_changes(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """Photos added, removed and changed (content, caption or caption file) from ``old`` to ``new``."""
+    a, b = {r["name"]: r for r in old}, {r["name"]: r for r in new}
+    return {"added": sorted(set(b) - set(a)), "removed": sorted(set(a) - set(b)),
+            "changed": sorted(n for n in set(a) & set(b) if a[n] != b[n])}
+
+
+def _names(names: list[str], most: int = 5) -> str:
+    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+def check_photos(run_dir: Path, photos: list[dict[str, Any]], allow: bool) -> dict[str, list[str]] | None:
+    """Compare the photos of a resume with those run.json recorded: None if the same; the differences
+    (all empty when the run recorded none) to record with ``record_photo_change`` if ``allow``; else a
+    TrainError listing them."""
+    try:
+        saved = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # check_resumable words a missing run.json
+    old = saved.get("photos")
+    if not isinstance(old, list):
+        return {"added": [], "removed": [], "changed": []}  # a run from before photos were recorded: record them
+    diff = photo_changes(old, photos)
+    if not any(diff.values()):
+        return None
+    if allow:
+        return diff
+    said = "; ".join(f"{k}: {_names(v)}" for k, v in diff.items() if v)
+    raise TrainError(f"Run '{run_dir.name}' was trained on other photos ({said}); resume it with the same photos, "
+                     "or allow the change (--allow-changed-photos, allow_changed_photos=True), which run.json records.")
+
+
+def record_photo_change(run_dir: Path, step: int, diff: dict[str, list[str]], photos: list[dict[str, Any]]) -> None:
+    """run.json: the new photos, and under ``photo_changes`` the step a resume changed them at and how."""
+    record = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+    if any(diff.values()):
+        record.setdefault("photo_changes", []).append({"step": step, **diff})
+    record["photos"] = photos
+    write_run_record(run_dir, record)

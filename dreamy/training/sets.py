@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import TrainDataError
-from ..images import ImageError, image_files, is_image_name, load_image
+from ..images import ImageError, image_files, is_image_name, load_image, sniff
 from ..paths import check_name, safe_filename
 from .events import TrainEvent
 
@@ -95,7 +95,9 @@ def add_to_training_set(
         src = Path(f)
         target_name = safe_filename(src.name)
         if not is_image_name(target_name) or not src.is_file():
-            notes.append(f"{target_name}: not an image file, skipped")
+            kind = sniff(src) if src.is_file() else None
+            notes.append(f"{target_name}: a {kind} picture under another suffix; rename it to .{kind.lower()}, skipped"
+                         if kind else f"{target_name}: not an image file, skipped")
             continue
         target = folder / target_name
         stem, suffix = target.stem, target.suffix

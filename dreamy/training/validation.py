@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from ..dreaming.blocks import decode, denoise, encode_prompt, initial_noise
+from ..dreaming.blocks import decode, denoise, encode_prompt, initial_noise, prompt_cuts
 from ..dreaming.contact_sheet import grid
 from ..dreaming.dreams import image_name
 from ..models.devices import runtime_info
@@ -48,6 +48,9 @@ def render_seeds(model: SDModel, recipe: Recipe, seeds: Sequence[int]) -> Iterat
     try:
         base = recipe.replace(model=model.ref, runtime={**runtime_info(model.device, model.dtype), **recipe.runtime})
         s = base.settings
+        cuts, _ = prompt_cuts(model, s.prompt, s.negative_prompt)  # logged; recorded in each PNG's recipe
+        if cuts:
+            base = base.replace(runtime={**base.runtime, **cuts})
         with autocast_for(model.device, model.dtype):
             cond = encode_prompt(model, s.prompt)
             uncond = encode_prompt(model, s.negative_prompt)
