@@ -11,8 +11,6 @@ import re
 import sys
 from pathlib import Path
 
-import pytest
-
 from conftest import REPO
 
 
@@ -169,13 +167,31 @@ def test_public_api_called_twice(tmp_path, tiny_model):
         assert result["images"]
 
 
+def test_train_and_export_called_twice(tmp_path):
+    """dreamy.train / dreamy.export stay the functions after the training package has been imported and used."""
+    from PIL import Image
+
+    import dreamy
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(2):
+        Image.new("RGB", (64, 64), (60 * i + 40, 120, 200)).save(photos / f"{i}.png")
+    quick = {"resolution": 64, "max_train_steps": 1, "checkpointing_steps": 1, "validation_seeds": ""}
+    for i in range(2):
+        events = list(dreamy.train(photos, name=f"twice{i}", base="tiny", models_dir=tmp_path / "models",
+                                   overrides=quick, unlock=True))
+        assert type(events[-1]).__name__ == "Finished"
+        files = dreamy.export(events[-1].checkpoint, tmp_path / f"export{i}", formats=["card"])
+        assert files
+
+
 def _readme_python_block() -> str:
     text = (REPO / "README.md").read_text(encoding="utf-8")
     section = text.split("\n## Python\n", 1)[1]
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
-@pytest.mark.slow  # ~30 s: the README's example dreams 6 small pictures and recalls one
 def test_readme_python_example_runs_as_written(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     code = _readme_python_block()

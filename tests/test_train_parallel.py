@@ -61,7 +61,7 @@ def _losses(run_dir):
     return [(r["step"], r["loss"]) for r in map(json.loads, (run_dir / "logs" / "loss.jsonl").open())]
 
 
-@pytest.mark.slow  # two launches of 2 CPU processes plus a one-process run (~50 s on 2 cores, mostly imports)
+@pytest.mark.slow  # two launches of 2 CPU processes plus a one-process run (~40 s on 2 cores, mostly imports)
 def test_two_processes_train_like_one_with_the_global_batch_and_resume_exactly(tmp_path, tiny_dir):
     # tiny_dir: the tiny model is generated once here, not by two processes at once
     images = photos(tmp_path / "photos", n=3)

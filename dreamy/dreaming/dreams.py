@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from ..errors import DreamyError, LockedFieldError, PresetError, RecallError
+from ..errors import DreamyError, PresetError, RecallError
 from ..events import CancelToken, Progress, ProgressCallback
 from ..models.devices import pick_device, pick_dtype, runtime_info
 from ..models.sources import SDModel, cached_model, load_model
@@ -288,13 +288,15 @@ def relock(recipe: Recipe) -> Recipe:
     except PresetError as e:
         raise RecallError(f"The recipe names preset {recipe.preset!r:.80}, which is not installed here ({e}); "
                           "Dreamy only recalls recipes whose locks it can check.") from None
+    base = preset.section(recipe.job)
+    for name in preset.locked.get(recipe.job, ()):
+        if getattr(recipe.settings, name) != getattr(base, name) and name not in recipe.unlocked:
+            raise RecallError(f"The recipe's '{name}' differs from preset '{preset.name}', which locks it, and it "
+                              "is not recorded as unlocked; the file was edited or the preset changed since.")
     try:
         fresh = resolve(preset, recipe.job, overrides=dataclasses.asdict(recipe.settings),
                         unlock=tuple(recipe.unlocked))
-    except LockedFieldError as e:
-        raise RecallError(f"The recipe changes a field that preset '{preset.name}' locks without recording it as "
-                          f"unlocked; the file was edited or the preset changed since ({e}).") from None
-    except PresetError as e:
+    except PresetError as e:  # LockedFieldError included: cannot happen after the check above
         raise RecallError(f"The recipe does not fit preset '{preset.name}': {e}") from None
     return recipe.replace(preset=preset.name, settings=fresh.settings, locked=fresh.locked, unlocked=fresh.unlocked)
 

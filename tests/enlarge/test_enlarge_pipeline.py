@@ -184,3 +184,15 @@ def test_sdxl_weights_inside_a_supir_file_replace_the_base(tmp_path):
     assert [float(layer[key.replace("q_proj", p)].mean()) for p in ("q_proj", "k_proj", "v_proj")] == [1.0, 2.0, 3.0]
     with pytest.raises(SourceError, match="does not have"):
         apply_backbone({"model.diffusion_model.nonsense.weight": conv}, unet, vae, te, te2)
+
+
+def test_a_model_that_paints_nan_is_refused_and_nothing_is_saved(picture, tmp_path):
+    """Damaged weights (one NaN in the VAE's last convolution) must not become a saved picture."""
+    from dreamy.errors import NonFiniteOutput
+
+    models = load_enlarge_models("tiny", "tiny", device="cpu")
+    with torch.no_grad():
+        models.vae.decoder.conv_out.weight[0, 0, 0, 0] = float("nan")
+    with pytest.raises(NonFiniteOutput, match="NaN"):
+        enlarge(picture, "biased-dreams", out_dir=tmp_path / "out", models=models, **QUICK)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
