@@ -21,8 +21,8 @@ BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 _N_MERGES = 49408 - 512 - 2
 
 
-def byte_symbols() -> list[str]:
-    """GPT-2/CLIP byte-to-unicode table: 256 printable symbols, one per byte value, in CLIP's order."""
+def _byte_pairs() -> tuple[list[int], list[int]]:
+    """GPT-2/CLIP's byte -> printable code point table, as (bytes, code points) in CLIP's order."""
     printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(
         range(ord("®"), ord("ÿ") + 1)
     )
@@ -33,7 +33,17 @@ def byte_symbols() -> list[str]:
             printable.append(b)
             codes.append(256 + extra)
             extra += 1
-    return [chr(c) for c in codes]
+    return printable, codes
+
+
+def byte_symbols() -> list[str]:
+    """GPT-2/CLIP byte-to-unicode table: 256 printable symbols, one per byte value, in CLIP's order."""
+    return [chr(c) for c in _byte_pairs()[1]]
+
+
+def byte_decoder() -> dict[str, int]:
+    """The inverse table: a token's printable symbol -> the byte it stands for."""
+    return {chr(c): b for b, c in zip(*_byte_pairs(), strict=True)}
 
 
 def _write(folder: Path, vocab: dict[str, int], merges: list[str], pad_token: str) -> Path:

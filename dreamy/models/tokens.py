@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 import re
 
+from .clip_vocab import byte_decoder
+
 log = logging.getLogger(__name__)
 
 
@@ -34,24 +36,10 @@ def dropped_text(tokenizer, text: str) -> str:
     return _spell(tokens[budget:])
 
 
-def _byte_decoder() -> dict[str, int]:
-    """CLIP's (and GPT-2's) printable symbol -> byte table."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("\u00a1"), ord("\u00ac") + 1)) + list(
-        range(ord("\u00ae"), ord("\u00ff") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return {chr(c): b for b, c in zip(bs, cs, strict=True)}
-
-
 def _spell(tokens: list[str]) -> str:
     """BPE tokens back to text (word ends ``</w>`` become spaces); a token that is not byte-level
     BPE is kept as it is."""
-    table = _byte_decoder()
+    table = byte_decoder()
     words = []
     for tok in tokens:
         tok = tok.replace("</w>", " ")
