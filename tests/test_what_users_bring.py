@@ -90,9 +90,11 @@ def test_a_trigger_word_the_encoder_would_cut_stops_training(tiny_model, caplog)
     for caption in (f"{LONG}, sks", f"{LONG}, a photo of [trigger] person".replace("[trigger]", "sks")):
         with pytest.raises(TrainSetupError, match="trigger word 'sks'"):
             check_caption(tok, caption, "sks")
+    notices: list[str] = []
     with caplog.at_level(logging.WARNING):
-        ids = tokenize(tok, [f"{LONG}, a class photo"])
+        ids = tokenize(tok, [f"{LONG}, a class photo"], notices)
     assert ids.shape == (1, 77) and any("a class photo" in r.getMessage() for r in caplog.records)
+    assert len(notices) == 1 and "a class photo" in notices[0]
 
 
 def test_pivotal_substitution_checks_the_new_tokens(tiny_model):
@@ -377,3 +379,22 @@ def test_a_training_run_whose_trigger_is_cut_stops_before_it_starts(tmp_path):
                    overrides={"instance_prompt": f"{LONG}, a photo of sks dog", "trigger_word": "sks",
                               "resolution": 64, "max_train_steps": 1, "validation_seeds": ""}))
     assert not list((tmp_path / "models").rglob("step-*"))
+
+
+def test_a_cut_training_caption_is_a_notice_of_the_run(tmp_path):
+    """The trigger survives (it comes first) but the caption's tail is cut: the run says so as a Notice."""
+    from PIL import Image
+
+    from dreamy import train
+    from dreamy.training.events import Notice
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.new("RGB", (96, 96), "red").save(photos / "a.png")
+    events = list(train(photos, name="long", base="tiny", models_dir=tmp_path / "models", unlock=True, device="cpu",
+                        overrides={"instance_prompt": f"a photo of sks dog, {LONG}, under a lighthouse",
+                                   "trigger_word": "sks", "resolution": 64, "max_train_steps": 1,
+                                   "validation_seeds": ""}))
+    notes = [e.message for e in events if isinstance(e, Notice)]
+    assert any("lighthouse" in n for n in notes), notes
+    assert type(events[-1]).__name__ == "Finished"

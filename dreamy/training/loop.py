@@ -349,7 +349,7 @@ def _batches(s: TrainSettings, tr: Trainables, live: SDModel, data: TrainingSet,
     """The instance images and (prior preservation) the class images, tokenized; missing class images
     are generated first with the base model (before any training, so it is still the base)."""
     captions = [tr.substitute(im.caption, s.trigger_word) for im in data.images]
-    inst = Batchable(data, tokenize(tr.tokenizer, captions))
+    inst = Batchable(data, tokenize(tr.tokenizer, captions, notices))
     prior = None
     if _uses_prior(s):
         folder = class_folder(s, run_dir)
@@ -362,7 +362,7 @@ def _batches(s: TrainSettings, tr: Trainables, live: SDModel, data: TrainingSet,
                     cancel.check()  # the images made so far stay and are reused next time
         group.barrier()
         class_data = load_class_images(s, folder)
-        prior = Batchable(class_data, tokenize(tr.tokenizer, [s.class_prompt] * len(class_data)))
+        prior = Batchable(class_data, tokenize(tr.tokenizer, [s.class_prompt] * len(class_data), notices))
     if s.cache_latents and s.crop == "center":
         for b in (inst, prior):
             if b is not None:

@@ -35,11 +35,12 @@ class Batchable:
     std: torch.Tensor | None = None
 
 
-def tokenize(tokenizer: Any, captions: Sequence[str]) -> torch.Tensor:
-    """Token ids [n, 77]; a caption the encoder cuts (the class prompt, a long caption) is logged once."""
+def tokenize(tokenizer: Any, captions: Sequence[str], notices: list[str]) -> torch.Tensor:
+    """Token ids [n, 77]; each caption the encoder cuts (the class prompt, a long caption) adds one
+    notice to ``notices`` (shown as a Notice event when the run starts, and logged)."""
     from ..models.tokens import check_prompts
 
-    check_prompts(tokenizer, {f"training caption \"{c[:40]}...\"": c for c in dict.fromkeys(captions)})
+    notices += check_prompts(tokenizer, {f"training caption \"{c[:40]}...\"": c for c in dict.fromkeys(captions)})[1]
     return tokenizer(list(captions), padding="max_length", max_length=tokenizer.model_max_length,
                      truncation=True, return_tensors="pt").input_ids
 
