@@ -16,10 +16,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from .paths import HUB_ID as HUB_ID  # run names and hub ids are defined with the path checks
+from .paths import RUN_NAME as RUN_NAME
+from .paths import within
+
 PROJECT = Path(__file__).resolve().parent.parent
-# Run and training-set names: a single folder name, never a path.
-RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}$")
 CHECKPOINT_FILE = "dreamy-checkpoint.json"
 STEP_DIR = re.compile(r"(?:checkpoint|step)-(\d+)")
 
@@ -61,11 +62,20 @@ def checkpoints(run: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def _folders(models_dir: Path) -> list[Path]:
+    """The visible folders in ``models_dir``, by name; a link that leads out of it is not one of them."""
+    if not models_dir.is_dir():
+        return []
+    root = models_dir.resolve()
+    return sorted(p for p in models_dir.iterdir() if p.is_dir() and not p.name.startswith(".")
+                  and (p.resolve() == root or root in p.resolve().parents))
+
+
 def runs(models_dir: Path) -> list[tuple[str, str]]:
     """(label, path) of every run with at least one checkpoint, by name."""
     out = []
     if models_dir.is_dir():
-        for run in sorted(p for p in models_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for run in _folders(models_dir):
             found = checkpoints(run)
             if found:
                 out.append((f"{run.name} ({len(found)} checkpoints, last step {found[-1][0]})", str(run.resolve())))
@@ -76,7 +86,7 @@ def model_choices(models_dir: Path, base: list[tuple[str, str]]) -> list[tuple[s
     """(label, source) for the model picker: ``base`` first, then each trained model and checkpoint."""
     out = list(base)
     if models_dir.is_dir():
-        for d in sorted(p for p in models_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for d in _folders(models_dir):
             if is_model_folder(d):
                 out.append((d.name, str(d.resolve())))
             for step, ckpt in reversed(checkpoints(d)):
@@ -100,9 +110,11 @@ def new_run_dir(job: str, root: str | os.PathLike | None = None) -> Path:
 def claim_run_dir(root: str | os.PathLike, job: str) -> Path:
     """Create and return a fresh ``root/<job>/<time>[-n]/``; concurrent jobs never get the same folder.
 
-    Raises FileExistsError only if ten thousand folders of this second are taken."""
+    Raises PathError if ``root/<job>`` leads outside ``root`` through a symbolic link, FileExistsError
+    only if ten thousand folders of this second are taken."""
     names = _run_dir_names(Path(root), job)
     first = next(names)
+    within(first.parent, [root], "job folder")  # outputs/<job> planted as a link elsewhere: refused
     first.parent.mkdir(parents=True, exist_ok=True)
     for d in (first, *names):
         try:

@@ -13,7 +13,7 @@ from dreamy.errors import Cancelled, DreamyError
 from dreamy.layout import model_choices as layout_model_choices
 from dreamy.layout import runs
 from dreamy.models.sources import DEFAULT_MODEL
-from dreamy.paths import within
+from dreamy.paths import check_tree, within
 from dreamy.recipes.presets import list_presets
 from dreamy.recipes.settings import DreamSettings
 
@@ -165,7 +165,7 @@ def build(studio: Studio) -> DreamTab:
         with user_errors("sweep"):
             if not run:
                 raise gr.Error("Choose a training run (runs appear here once Train has saved a checkpoint).")
-            folder = within(run, [studio.models], "training run")
+            folder = check_tree(run, [studio.models], "training run")  # every checkpoint in it is read
             overrides = overrides_from(FIELDS, (prompt, negative_prompt, guidance, steps, width, height))
             with studio.job_folder("checkpoint-grid") as out, studio.running(request, "grid") as token:
                 try:

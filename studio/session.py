@@ -18,7 +18,7 @@ import gradio as gr
 from dreamy.events import CancelToken
 from dreamy.layout import claim_run_dir, release_if_empty
 from dreamy.models.sources import DEFAULT_MODEL
-from dreamy.paths import check_model_source
+from dreamy.paths import check_model_source, within
 
 GPU = "gpu"  # the one queue every GPU job (dream, sweeps, train, enlarge) waits in
 
@@ -41,7 +41,10 @@ class Studio:
 
     @property
     def training_sets(self) -> Path:
-        return self.outputs / "training-sets"
+        """``outputs/training-sets``; PathError if it is a link that leads out of outputs/."""
+        folder = self.outputs / "training-sets"
+        within(folder, [self.outputs], "training-sets folder")
+        return folder
 
     def model_source(self, spec: str) -> str:
         """A model source from a widget or an API call, refused unless the studio may load it."""

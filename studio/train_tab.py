@@ -71,7 +71,7 @@ def build(studio: Studio) -> TrainTab:
     with gr.Row(equal_height=False):
         with gr.Column(scale=1, min_width=300):
             gr.Markdown("**1 · Photos** — about eight of one subject", elem_classes="dreamy-step")
-            sets = list_training_sets(studio.training_sets)
+            sets = _set_names(studio)
             with gr.Row():
                 set_name = gr.Dropdown(sets, value=sets[0] if sets else "photos", label="Training set", scale=3,
                                        allow_custom_value=True, info="outputs/training-sets/<name>/")
@@ -271,3 +271,10 @@ def _duration(seconds: float) -> str:
     s = int(max(0, seconds))
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
+
+
+def _set_names(studio: Studio) -> list[str]:
+    try:
+        return list_training_sets(studio.training_sets)
+    except DreamyError:  # training-sets/ leads out of outputs/: no sets to offer (each use says why)
+        return []

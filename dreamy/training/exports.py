@@ -24,6 +24,7 @@ from ..layout import checkpoints as list_checkpoints
 from ..models.checkpoints import PART_FILES, damage, read_meta
 from ..models.single_file import CONFIGS, save_single_file
 from ..models.sources import load_model
+from ..paths import check_tree
 from .checkpoints import replace_dir
 
 FORMATS = ("diffusers", "single-file", "lora", "card")
@@ -212,6 +213,8 @@ def export(
     if unknown:
         raise ExportError(f"Unknown export format '{unknown[0]}'; choose from {', '.join(FORMATS)}.")
     folder = _resolve_checkpoint(checkpoint, step)
+    # what export reads (the checkpoint) and, by default, writes (export/) stays inside the run's folder
+    check_tree(folder.parent.parent if out_dir is None else folder, [folder.parent.parent], "run folder")
     meta = read_meta(folder)
     hurt = damage(folder, resume=False, meta=meta, cached=True)
     if hurt is not None:

@@ -13,6 +13,7 @@ from typing import Any
 from ..atomic import atomic_write_text
 from ..errors import TrainError
 from ..layout import RUN_NAME, models_root
+from ..paths import check_tree
 from ..recipes.recipe import ModelRef, Recipe
 
 # Settings a resumed run may change: they decide when to save and what to render, not what is learned.
@@ -24,7 +25,10 @@ def run_dir_for(name: str, models_dir: str | os.PathLike | None = None) -> Path:
     if not isinstance(name, str) or not RUN_NAME.fullmatch(name):
         raise TrainError(f"'{name}' is not a usable run name: use letters, digits, '.', '_' or '-' "
                          "(up to 100, not starting with a dot).")
-    return Path(models_dir or models_root()) / name
+    root = Path(models_dir or models_root())
+    # a run is written and read as a whole: its folder, and every link in it, stay inside models/
+    check_tree(root / name, [root], "run folder")
+    return root / name
 
 
 def write_run_record(run_dir: Path, record: dict[str, Any]) -> None:

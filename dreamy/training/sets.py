@@ -19,7 +19,7 @@ from typing import Any
 
 from ..errors import TrainDataError
 from ..images import ImageError, image_files, is_image_name, load_image, sniff
-from ..paths import check_name, safe_filename
+from ..paths import check_name, check_tree, safe_filename
 from .events import TrainEvent
 
 
@@ -59,13 +59,20 @@ class SetReport:
 
 
 def list_training_sets(root: Path) -> list[str]:
+    """The sets under ``root`` by name (a link that leads out of ``root`` is not one of them)."""
     if not root.is_dir():
         return []
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    real = root.resolve()
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
+                  and (real == p.resolve() or real in p.resolve().parents))
 
 
 def training_set_dir(root: Path, name: str) -> Path:
-    return Path(root) / check_name(name, "training set name")
+    """``root/name``, checked: PathError for a name that is not one, or when the set's folder or any
+    link inside it leads out of ``root`` (a set is read and written as a whole)."""
+    folder = Path(root) / check_name(name, "training set name")
+    check_tree(folder, [root], "training set")
+    return folder
 
 
 def training_set_report(root: Path, name: str, resolution: int | None = None) -> SetReport:
