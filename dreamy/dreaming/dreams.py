@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -210,13 +212,18 @@ def dream_iter(
         batches = quick.batches(model, base, cond, uncond, on_progress, cancel)
     else:
         batches = _generic_batches(model, base, seed_list, batch_size, cond, uncond, on_progress, cancel)
-    for batch, images, upcast in batches:
-        for seed, image in zip(batch, images, strict=True):
-            r = base.replace(seed=seed)
-            if upcast:
-                r = r.replace(runtime={**r.runtime, "vae_upcast": True})
-            path = save_png(image, out / image_name(r), r) if out is not None else None
-            yield DreamImage(seed, image, r, path, list(notes))
+    # A batch's PNGs are encoded on a few threads (PIL's zlib encoder releases the GIL), so this
+    # thread is soon back to queueing the GPU, and the last batch's files do not trail one by one.
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="dreamy-png") as pool:
+        for batch, images, upcast in batches:
+            landed = []
+            for seed, image in zip(batch, images, strict=True):
+                r = base.replace(seed=seed)
+                if upcast:
+                    r = r.replace(runtime={**r.runtime, "vae_upcast": True})
+                landed.append((seed, image, r, pool.submit(save_png, image, out / image_name(r), r) if out else None))
+            for seed, image, r, written in landed:  # in seed order, each once its file is whole
+                yield DreamImage(seed, image, r, written.result() if written else None, list(notes))
 
 
 def dream(
