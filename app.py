@@ -15,6 +15,7 @@ import argparse
 import ipaddress
 import os
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -146,6 +147,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def preload() -> None:
+    """Import the engines (torch, diffusers, transformers: ~17 s cold on the GPU image) while the page
+    loads, so the first job does not pay for them. Failures are left for that job to report."""
+    try:
+        from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel  # noqa: F401
+        from transformers import CLIPTextModel  # noqa: F401
+
+        import dreamy.dreaming.dreams  # noqa: F401
+    except Exception:  # noqa: BLE001 - a broken install is reported by the job that needs it
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     auth = read_auth(args.auth, args.auth_file)
@@ -161,6 +174,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         from dreamy.models.sources import cached_model
 
         cached_model(model)
+    threading.Thread(target=preload, name="dreamy-preload", daemon=True).start()
     studio = Studio(default_model=model, outputs=outputs_root(), models=models_root(), shared=shared,
                     extra_models=(model,), prompt_model=os.environ.get("DREAMY_PROMPT_MODEL") or None,
                     max_queue=args.max_queue)
