@@ -10,7 +10,7 @@ grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/ex
 names="gradio gradio_client diffusers fastapi starlette uvicorn h11 click brotli groovy hf-gradio orjson
 pandas pytz tzdata python-dateutil pydantic pydantic_core annotated-types typing-inspection pydub
 python-multipart safehttpx semantic-version tomlkit typer rich shellingham markdown-it-py mdurl Pygments
-importlib_metadata zipp anyio peft accelerate"
+anyio peft accelerate annotated-doc opentelemetry-api"
 pins=()
 for n in $names; do
   pin=$(grep -i "^${n//_/[-_]}==" requirements-lock.txt || true)

@@ -70,6 +70,12 @@ def test_a_value_with_a_raw_line_break_does_not_swallow_the_settings():
     ("a dog\nSampler: Euler, CFG scale: 5, Seed: 8", {"prompt": "a dog", "CFG scale": "5", "Seed": "8"}),
     # a prompt that merely mentions settings keeps them as prompt text
     ("photo, style: noir, light: soft\nSteps: 4, Seed: 1", {"prompt": "photo, style: noir, light: soft", "Steps": "4"}),
+    # a multi-line prompt with a blank line and a line that looks like settings, "Negative prompt:" again in
+    # the negative prompt: only the last Steps line is the settings line, only the first marker splits
+    ("a castle\n\nSteps: 3\n  in the clouds \nNegative prompt: blurry\nNegative prompt: twice\n"
+     "Steps: 20, Sampler: Euler, CFG scale: 7, Seed: 9, Size: 64x64",
+     {"prompt": "a castle\n\nSteps: 3\n  in the clouds ", "negative_prompt": "blurry\nNegative prompt: twice",
+      "Steps": "20", "Seed": "9", "Size": "64x64"}),
     # no settings at all: all prompt
     ("just a prompt\nover two lines", {"prompt": "just a prompt\nover two lines", "negative_prompt": ""}),
 ])

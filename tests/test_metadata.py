@@ -1,6 +1,7 @@
 """PNG recipes: A1111's parameters chunk, our JSON chunk, and refusals for foreign or hostile files."""
 
 import json
+import re
 
 import pytest
 from PIL import Image, PngImagePlugin
@@ -12,7 +13,8 @@ from dreamy.recipes.recipe import ModelRef, Recipe, resolve
 
 def _recipe(**overrides) -> Recipe:
     r = resolve("biased-dreams", overrides=overrides, unlock=list(overrides))
-    return r.replace(seed=42, model=ModelRef("tiny", "tiny", "ab" * 32, "my model, v2", None), runtime={"device": "cpu"})
+    model = ModelRef("m.safetensors", "file", "ab" * 32, "my model, v2", None, single_file_sha256="ab" * 32)
+    return r.replace(seed=42, model=model, runtime={"device": "cpu"})
 
 
 def test_a1111_parameters_text_is_what_a1111_writes():
@@ -28,6 +30,66 @@ def test_a1111_parameters_text_is_what_a1111_writes():
     assert parsed["negative_prompt"] == "blurry"
     assert parsed["CFG scale"] == "5.0" and parsed["Seed"] == "42" and parsed["Model"] == "my model, v2"
     assert parsed["Unlocked"] == "guidance negative_prompt"
+
+
+def test_the_model_hash_is_a1111s_or_absent():
+    r = _recipe()
+    folder = ModelRef("models/run/checkpoints/step-0002", "checkpoint", "cd" * 32, "run step 2", 2,
+                      single_file_sha256="0123456789" + "ab" * 27)
+    assert "Model hash: 0123456789, Model: run step 2," in a1111_parameters(r.replace(model=folder))
+    plain = ModelRef("some/folder", "folder", "cd" * 32, "folder", None)  # no single file known: no hash claimed
+    text = a1111_parameters(r.replace(model=plain))
+    assert "Model hash" not in text and "Model: folder, Preset:" in text
+    assert "Model hash `0123456789`" in r.replace(model=folder).summary(markdown=True)
+
+
+# A1111's reader (parse_generation_parameters, modules/infotext_utils.py), restated from its behaviour:
+# the last line is the settings line when it holds three or more "Key: value" fields; every line
+# before it is stripped, and belongs to the negative prompt from a line that starts "Negative prompt:".
+_A1111_PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+
+
+def _a1111_reads(text: str) -> dict[str, str]:
+    *lines, last = text.strip().split("\n")
+    if len(_A1111_PARAM.findall(last)) < 3:
+        lines, last = [*lines, last], ""
+    prompt, negative, in_negative = [], [], False
+    for line in (x.strip() for x in lines):
+        if line.startswith("Negative prompt:"):
+            in_negative, line = True, line[len("Negative prompt:"):].strip()
+        (negative if in_negative else prompt).append(line)
+    return {"prompt": "\n".join(prompt).strip("\n"), "negative": "\n".join(negative), "settings": last}
+
+
+MULTI = {"prompt": "a castle\n\n  in the clouds, (gold:1.2)\nSteps: 3\nthe end ",
+         "negative_prompt": "blurry\nNegative prompt: twice\n\nSteps: 3, Sampler: x, CFG scale: 1"}
+
+
+def test_multi_line_prompts_keep_their_lines_as_a1111_writes_them():
+    text = a1111_parameters(_recipe(**MULTI))
+    assert text.startswith(MULTI["prompt"] + "\nNegative prompt: " + MULTI["negative_prompt"] + "\nSteps: 50, ")
+    assert len(text.split("\n")) == 10  # nothing flattened: 5 prompt lines, 4 negative lines, the settings
+    back = parse_a1111(text)  # Dreamy's reader: exactly what was written
+    assert (back["prompt"], back["negative_prompt"]) == (MULTI["prompt"], MULTI["negative_prompt"])
+    assert back["Steps"] == "50" and back["Seed"] == "42" and back["Model"] == "my model, v2"
+    a1111 = _a1111_reads(text)  # A1111's reader: the same lines (it strips each), our settings line
+    assert a1111["prompt"] == "\n".join(x.strip() for x in MULTI["prompt"].split("\n"))
+    assert a1111["negative"] == "blurry\ntwice\n\nSteps: 3, Sampler: x, CFG scale: 1"
+    assert a1111["settings"].startswith("Steps: 50, Sampler: DDIM")
+    windows = parse_a1111(a1111_parameters(_recipe(prompt="one\r\ntwo\rthree", negative_prompt=" lead\n")))
+    assert (windows["prompt"], windows["negative_prompt"]) == ("one\ntwo\nthree", " lead\n")
+
+
+def test_a_multi_line_prompt_png_is_recalled_byte_for_byte(tiny_model, tmp_path):
+    from dreamy.dreaming.dreams import dream, recall
+
+    overrides = {**MULTI, "width": 64, "height": 64, "steps": 2}
+    first = dream(tiny_model, seeds=7, overrides=overrides, unlock=True, out_dir=tmp_path / "a")[0].path
+    with Image.open(first) as im:
+        assert parse_a1111(im.text["parameters"])["prompt"] == MULTI["prompt"]
+    assert read_recipe(first).settings.negative_prompt == MULTI["negative_prompt"]
+    again = recall(first, tmp_path / "b", model=tiny_model)
+    assert again.path.read_bytes() == first.read_bytes()
 
 
 def test_parse_a1111_reads_a_foreign_file():

@@ -16,11 +16,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
+from ..atomic import temp_dir
 from ..models.clip_vocab import write_byte_tokenizer
 from ..models.tiny import cache_root
 
@@ -140,8 +140,7 @@ def ensure_tiny_enlarge() -> tuple[Path, Path]:
     final = tiny_enlarge_dir()
     done = (final / SUPIR_FILE, final / "base" / "model_index.json")
     if not all(p.is_file() for p in done):
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".tiny-enlarge-", dir=final.parent))
+        tmp = temp_dir(final, prefix=".tiny-enlarge-")
         try:
             save_tiny_enlarge(tmp)
             try:

@@ -15,6 +15,7 @@ import torch
 
 from ..errors import SourceError
 from ..layout import CHECKPOINT_FILE
+from .a1111_hash import RECORD_FILE
 from .hashing import file_sha256
 
 FORMAT = 1
@@ -117,11 +118,12 @@ def damage(path: Path, resume: bool = True, meta: dict[str, Any] | None = None,
 
 
 def checkpoint_sha256(path: Path, base_sha256: str) -> str:
-    """Content hash of a checkpoint as a model: its inference files plus the base it completes."""
+    """Content hash of a checkpoint as a model: its inference files plus the base it completes (not its
+    marker, nor the model_hash.json record of its A1111 hash that loading adds)."""
     lines = [f"base:{base_sha256}"]
     for f in sorted(Path(path).rglob("*")):
         rel = f.relative_to(path).as_posix()
-        if f.is_file() and not rel.startswith("resume/") and f.name != CHECKPOINT_FILE:
+        if f.is_file() and not rel.startswith("resume/") and f.name not in (CHECKPOINT_FILE, RECORD_FILE):
             lines.append(f"{rel}:{file_sha256(f)}")
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 

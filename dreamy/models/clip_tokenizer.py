@@ -19,9 +19,9 @@ import importlib.util
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
+from ..atomic import temp_dir
 from ..errors import TokenizerMissing
 from .clip_vocab import EOS, _write, write_bpe_tokenizer
 from .tiny import cache_root
@@ -140,8 +140,7 @@ def _pad_tag(pad_token: str) -> str:
 
 def _build_atomically(final: Path, build) -> Path:
     """Run ``build(tmp_folder)`` and move the result into place: ``final`` is complete or absent."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tok-", dir=final.parent))
+    tmp = temp_dir(final, prefix=".tok-")
     try:
         build(tmp)
         try:

@@ -7,6 +7,9 @@ Two vocabularies:
   list ``bpe_simple_vocab_16e6.txt.gz``, which installed packages such as open_clip ship. The vocab
   order follows CLIP's simple tokenizer: 256 byte symbols, the same with ``</w>``, one token per merge,
   then the two special tokens.
+
+``write_tokenizer_of`` writes a loaded tokenizer back in the same layout (the one of SD1.5's own
+``tokenizer`` folder), which every transformers version reads, the slow 4.x ``CLIPTokenizer`` included.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import gzip
 import json
 from pathlib import Path
+from typing import Any
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 # CLIP's BPE file has 262145 lines: a version header, then merges; SD's tokenizer uses the first
@@ -46,7 +50,11 @@ def byte_decoder() -> dict[str, int]:
     return {chr(c): b for b, c in zip(*_byte_pairs(), strict=True)}
 
 
-def _write(folder: Path, vocab: dict[str, int], merges: list[str], pad_token: str) -> Path:
+def _write(folder: Path, vocab: dict[str, int], merges: list[str], pad_token: str,
+           added: list[dict[str, Any]] | None = None, model_max_length: int = 77) -> Path:
+    """vocab.json, merges.txt, special_tokens_map.json and tokenizer_config.json, as SD1.5's folder has them;
+    ``added``: tokens beyond the vocabulary ({"id", "content", "special", ...}), kept in the config's
+    ``added_tokens_decoder`` (read by transformers >= 4.34 and 5.x) and in ``added_tokens.json`` (older)."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
     (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(m + "\n" for m in merges), encoding="utf-8")
@@ -54,12 +62,18 @@ def _write(folder: Path, vocab: dict[str, int], merges: list[str], pad_token: st
     (folder / "special_tokens_map.json").write_text(json.dumps(special, indent=2), encoding="utf-8")
     config = {
         "tokenizer_class": "CLIPTokenizer",
-        "model_max_length": 77,
+        "model_max_length": model_max_length,
         "do_lower_case": True,
         "add_prefix_space": False,
         "errors": "replace",
         **special,
     }
+    if added:
+        flags = ("lstrip", "normalized", "rstrip", "single_word", "special")
+        config["added_tokens_decoder"] = {str(t["id"]): {"content": t["content"], **{k: t[k] for k in flags}}
+                                          for t in added}
+        (folder / "added_tokens.json").write_text(json.dumps({t["content"]: t["id"] for t in added}, indent=2,
+                                                             ensure_ascii=False), encoding="utf-8")
     (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
     return folder
 
@@ -84,3 +98,26 @@ def write_bpe_tokenizer(bpe_gz: Path, folder: Path, pad_token: str = EOS) -> Pat
     symbols = byte_symbols()
     tokens = symbols + [s + "</w>" for s in symbols] + ["".join(m.split()) for m in merges] + [BOS, EOS]
     return _write(folder, {t: i for i, t in enumerate(tokens)}, merges, pad_token=pad_token)
+
+
+def write_tokenizer_of(tokenizer: Any, folder: Path) -> Path:
+    """Write a loaded CLIP tokenizer (transformers 4.x slow or fast, or 5.x) as SD1.5's tokenizer folder.
+
+    transformers 5 saves only ``tokenizer.json``, which the slow 4.x ``CLIPTokenizer`` (what
+    diffusers' ``model_index.json`` names) cannot read; vocab.json + merges.txt every version reads.
+    Tokens added after the vocabulary (pivotal tuning's ``<s0>``...) keep their ids and flags."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)  # 4.x fast and every 5.x tokenizer
+    if backend is not None:
+        model = json.loads(backend.to_str())["model"]
+        vocab = dict(model["vocab"])
+        merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
+    else:  # the 4.x slow CLIPTokenizer
+        vocab = dict(tokenizer.encoder)
+        merges = [" ".join(pair) for pair, _ in sorted(tokenizer.bpe_ranks.items(), key=lambda kv: kv[1])]
+    added = []
+    for token_id, tok in sorted(tokenizer.added_tokens_decoder.items()):
+        if tok.content not in vocab:
+            added.append({"id": token_id, "content": tok.content, "lstrip": tok.lstrip, "rstrip": tok.rstrip,
+                          "normalized": tok.normalized, "single_word": tok.single_word, "special": tok.special})
+    return _write(folder, vocab, merges, pad_token=str(tokenizer.pad_token or EOS), added=added,
+                  model_max_length=int(tokenizer.model_max_length))

@@ -1,6 +1,8 @@
-"""Content hashes of model files (A1111's "Model hash" is the sha256 of the checkpoint file).
+"""Content hashes of model files and folders: what identifies the weights Dreamy loaded.
 
-Hashing a 4 GB file takes seconds, so each result is remembered by (real path, size, mtime).
+A file's is its sha256 (for a single checkpoint file, A1111's "Model hash" is its first 10 digits; see
+a1111_hash.py for folders and Train checkpoints). Hashing a 4 GB file takes seconds, so each result
+is remembered by (real path, size, mtime).
 """
 
 from __future__ import annotations
@@ -44,3 +46,21 @@ def file_sha256(path: Path) -> str:
     except OSError:
         pass
     return cache[key]
+
+
+COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+
+
+def folder_sha256(folder: Path) -> str:
+    """sha256 over the (path, content hash) list of a diffusers folder's model files.
+
+    Only the component folders count, so files beside them (model_index.json, a README, Dreamy's
+    model_hash.json) never change it."""
+    lines = []
+    for comp in COMPONENTS:
+        sub = folder / comp
+        if sub.is_dir():
+            for f in sorted(sub.iterdir()):
+                if f.is_file() and not f.name.startswith("."):
+                    lines.append(f"{comp}/{f.name}:{file_sha256(f)}")
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()

@@ -12,7 +12,6 @@ import json
 import os
 import re
 import struct
-import tempfile
 import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 import torch
 
 from ..errors import SourceError
+from . import safetensors_file
 from .clip_tokenizer import HOW_TO_GET, TokenizerMissing, _pad_of, clip_tokenizer_dir
 from .clip_vocab import EOS
 from .ldm_keys import (
@@ -449,6 +449,30 @@ def _tokenizer_folder(folder: Path, default_pad: str) -> Path:
 # ------------------------------------------------------------------------------------------- exporting
 
 
+def single_file_tensors(
+    *,
+    unet: Any,
+    vae: Any,
+    text_encoder: Any,
+    text_encoder_2: Any = None,
+    dtype: torch.dtype | None = torch.float16,
+) -> dict[str, torch.Tensor]:
+    """A model (modules or diffusers state dicts) as the LDM-layout tensors of one checkpoint file.
+
+    SD1.x without ``text_encoder_2``, SDXL with it; floating tensors cast to ``dtype`` (None keeps
+    theirs), every tensor on the CPU and contiguous."""
+    if text_encoder_2 is None:
+        ldm = sd15_to_ldm(unet, vae, text_encoder)
+    else:
+        ldm = sdxl_to_ldm(unet, vae, text_encoder, text_encoder_2)
+
+    def cast(t: torch.Tensor) -> torch.Tensor:
+        t = t.detach().cpu()
+        return (t.to(dtype) if dtype is not None and t.is_floating_point() else t).contiguous()
+
+    return {k: cast(v) for k, v in ldm.items()}
+
+
 def save_single_file(
     path: str | os.PathLike,
     *,
@@ -461,30 +485,14 @@ def save_single_file(
 ) -> Path:
     """Write a model (modules or diffusers state dicts) as one LDM-layout ``.safetensors`` file.
 
-    SD1.x without ``text_encoder_2``, SDXL with it. The file appears complete or not at all.
+    SD1.x without ``text_encoder_2``, SDXL with it. The file appears complete or not at all, and the
+    same weights and metadata always give the same bytes (models/safetensors_file.py), so its sha256,
+    A1111's model hash, is a property of the weights. Raises OutputError when it cannot be written.
     """
-    from safetensors.torch import save_file
-
-    if text_encoder_2 is None:
-        ldm = sd15_to_ldm(unet, vae, text_encoder)
-    else:
-        ldm = sdxl_to_ldm(unet, vae, text_encoder, text_encoder_2)
-
-    def cast(t: torch.Tensor) -> torch.Tensor:
-        t = t.detach().cpu()
-        return (t.to(dtype) if dtype is not None and t.is_floating_point() else t).contiguous()
-
-    tensors = {k: cast(v) for k, v in ldm.items()}
+    tensors = single_file_tensors(unet=unet, vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
+                                  dtype=dtype)
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".export-", suffix=".safetensors", dir=out.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    safetensors_file.write(out, tensors, metadata)
     return out
 
 

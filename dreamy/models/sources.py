@@ -7,7 +7,6 @@ failure becomes a SourceError with one sentence that names the source and what t
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -19,14 +18,14 @@ import torch
 from ..errors import SourceError
 from ..layout import CHECKPOINT_FILE, HUB_ID, step_of
 from ..recipes.recipe import ModelRef
-from . import checkpoints, hub
+from . import a1111_hash, checkpoints, hub
 from .devices import pick_device, pick_dtype
-from .hashing import file_sha256
+from .hashing import COMPONENTS as _COMPONENTS
+from .hashing import file_sha256, folder_sha256
 from .tiny import TINY_LABEL, TINY_NAME, ensure_tiny_model
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
-_COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 _HUB_PATTERNS = ["model_index.json", *(f"{c}/*.json" for c in _COMPONENTS), "tokenizer/*.txt",
                  *(f"{c}/*.safetensors" for c in ("unet", "vae", "text_encoder"))]
 _HUB_IGNORE = ["*.fp16.*", "*non_ema*", "*.ema.*"]
@@ -81,20 +80,6 @@ def classify(spec: str) -> tuple[str, Path | None]:
         f"'{spec}' is not a model source: give 'tiny', a hub id such as {DEFAULT_MODEL}, "
         "a diffusers folder, or a .safetensors/.ckpt file."
     )
-
-
-# ---- content hashes (A1111's "Model hash" is the sha256 of the checkpoint file) ----
-
-def folder_sha256(folder: Path) -> str:
-    """sha256 over the (path, content hash) list of a diffusers folder's model files."""
-    lines = []
-    for comp in _COMPONENTS:
-        sub = folder / comp
-        if sub.is_dir():
-            for f in sorted(sub.iterdir()):
-                if f.is_file() and not f.name.startswith("."):
-                    lines.append(f"{comp}/{f.name}:{file_sha256(f)}")
-    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
 # ---- loading ----
@@ -178,9 +163,11 @@ def load_model(
     :class:`SDModel` holds); a model of another one (SDXL) is refused with a SourceError saying so.
 
     Returns an :class:`SDModel` whose ``ref`` is a :class:`ModelRef`: the source as given, its kind
-    ("tiny", "hub", "folder" or "file"), a sha256 (of the file for single files, as A1111's "Model
-    hash"; for folders, of the list of component files and their sha256), a label and the Train
-    checkpoint step when there is one.
+    ("tiny", "hub", "folder", "file" or "checkpoint"), a sha256 (of the file for single files; for
+    folders, of the list of component files and their sha256), a label, the Train checkpoint step
+    when there is one, and the sha256 of the single file A1111 would load for these weights (the file
+    itself; a Train checkpoint's or an exported folder's single-file export, see models/a1111_hash.py;
+    None for other folders), whose first 10 digits are A1111's "Model hash".
 
     Raises SourceError with one sentence for every source problem (empty or unknown spec, missing
     path, wrong suffix, not a model or an incomplete one, a LoRA/VAE/embedding/SD2.x file, gated or
@@ -198,13 +185,13 @@ def load_model(
         # A Train checkpoint holds only the trained parts and names its base: load the base, then complete it.
         meta = checkpoints.read_meta(path)
         base = load_model(meta["base"]["source"], device=device, precision=precision)
-        return checkpoints.complete(base, path, spec, meta)
+        return _with_a1111_hash(checkpoints.complete(base, path, spec, meta), path, spec, meta)
     if kind == "file":
         from .single_file import load_single_file
 
         parts = load_single_file(path, arch=expected_arch, config_dir=config_dir, torch_dtype=dtype)
         arch, sha = parts["arch"], file_sha256(path)
-        label = path.stem
+        label, single = path.stem, sha
     else:
         if kind == "tiny":
             folder, label = ensure_tiny_model(), TINY_LABEL
@@ -220,11 +207,31 @@ def load_model(
             )
         parts = _load_folder(folder, spec, dtype)
         sha = folder_sha256(folder)
-    ref = ModelRef(source=spec, kind=kind, sha256=sha, label=label, checkpoint_step=step_of(path) if path else None)
+        single = a1111_hash.folder_hash(folder, sha) if kind == "folder" else None
+    ref = ModelRef(source=spec, kind=kind, sha256=sha, label=label, checkpoint_step=step_of(path) if path else None,
+                   single_file_sha256=single)
     for name in ("unet", "vae", "text_encoder"):
         parts[name].to(device).eval().requires_grad_(False)
     return SDModel(ref=ref, arch=arch, unet=parts["unet"], vae=parts["vae"], text_encoder=parts["text_encoder"],
                    tokenizer=parts["tokenizer"], device=device, dtype=dtype)
+
+
+def _with_a1111_hash(model: SDModel, path: Path, spec: str, meta: dict) -> SDModel:
+    """A loaded Train checkpoint with the sha256 of its single-file export in its ref (A1111's hash).
+
+    Recorded beside the checkpoint after the first load; computed from the CPU fp32 load, as export
+    loads it, because weights merged and rounded on a GPU or in fp16 could differ by a last bit: on
+    another device, that first load loads the checkpoint once more on the CPU."""
+    from dataclasses import replace
+
+    if model.device.type == "cpu" and model.dtype == torch.float32:
+        sha = a1111_hash.checkpoint_hash(model, path, meta)
+    else:
+        sha = a1111_hash.recorded(path, model.ref.sha256)
+        if sha is None:
+            sha = load_model(spec, device="cpu", precision="fp32").ref.single_file_sha256
+    model.ref = replace(model.ref, single_file_sha256=sha)
+    return model
 
 
 def default_model() -> str:

@@ -13,9 +13,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
+from ..atomic import temp_dir
 from .clip_vocab import write_byte_tokenizer
 
 TINY_NAME = "tiny"
@@ -130,8 +130,7 @@ def ensure_tiny_model() -> Path:
     final = tiny_model_dir()
     if (final / "model_index.json").is_file():
         return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tiny-", dir=final.parent))
+    tmp = temp_dir(final, prefix=".tiny-")
     try:
         save_tiny_model(tmp)
         try:

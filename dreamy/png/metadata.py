@@ -24,15 +24,28 @@ MAX_CHUNK = 1 << 20  # a recipe is a few kB; anything near a megabyte is not our
 
 
 def _clean(text: str) -> str:
+    """A value of the settings line: one line, as everything after the prompt must be."""
     return text.replace("\r", " ").replace("\n", " ").strip()
 
 
+def _as_lines(text: str) -> str:
+    """A prompt as A1111 writes it: its line breaks kept (CR LF and lone CR become LF)."""
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
 def a1111_parameters(recipe: Recipe) -> str:
-    """The ``parameters`` text A1111 writes, for a dream recipe."""
+    """The ``parameters`` text A1111 writes, for a dream recipe.
+
+    As A1111's ``create_infotext``: the prompt as it is (line breaks kept), then ``Negative prompt:``
+    and the negative prompt when there is one (line breaks kept), then one line of settings, which
+    A1111's ``parse_generation_parameters`` reads as the last line. "Model hash" is the hash A1111
+    and Civitai show for the single ``.safetensors`` file of these weights (``ModelRef.a1111_hash``);
+    it is left out when Dreamy does not know that file, rather than a hash no file has.
+    """
     s = recipe.settings
-    lines = [_clean(s.prompt)]
+    lines = [_as_lines(s.prompt)]
     if s.negative_prompt:
-        lines.append(f"Negative prompt: {_clean(s.negative_prompt)}")
+        lines.append(f"Negative prompt: {_as_lines(s.negative_prompt)}")
     fields = [
         ("Steps", s.steps),
         ("Sampler", a1111_name(s.sampler)),
@@ -41,7 +54,9 @@ def a1111_parameters(recipe: Recipe) -> str:
         ("Size", f"{s.width}x{s.height}"),
     ]
     if recipe.model:
-        fields += [("Model hash", recipe.model.short_hash), ("Model", _a1111_value(recipe.model.label))]
+        if recipe.model.a1111_hash:
+            fields.append(("Model hash", recipe.model.a1111_hash))
+        fields.append(("Model", _a1111_value(recipe.model.label)))
     if recipe.unlocked:
         fields.append(("Unlocked", _a1111_value(" ".join(sorted(recipe.unlocked)))))
     fields += [("Preset", _a1111_value(recipe.preset)), ("Version", f"dreamy {_version()}")]
@@ -180,10 +195,14 @@ def parse_a1111(text: str) -> dict[str, Any]:
     """A1111's ``parameters`` text -> {'prompt', 'negative_prompt', and each 'Key: value' field}.
 
     The prompt runs to the line that starts with ``Negative prompt:``, the negative prompt from there
-    to the settings; the settings run from the line that starts with ``Steps:`` to the end. A line
-    after it that starts with ``Key:`` is an extension's appended line of settings; any other line
-    continues the value before it (a value that holds a raw line break)."""
-    lines = text.replace("\r\n", "\n").replace("\r", "\n").strip().split("\n")
+    to the settings; the settings run from the last line that starts with ``Steps:`` to the end (so a
+    prompt line such as "Steps: 3" stays prompt text). A line after it that starts with ``Key:`` is an
+    extension's appended line of settings; any other line continues the value before it (a value that
+    holds a raw line break). The prompts keep their line breaks, blank lines and spaces as written
+    (A1111 writes them so; its own reader also strips each line, which this one does not, so that
+    Dreamy's text reads back exactly); only the one space after ``Negative prompt:`` is A1111's.
+    """
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").rstrip().split("\n")
     fields: dict[str, Any] = {}
     at = _settings_start(lines)
     if at is not None:
@@ -200,12 +219,16 @@ def parse_a1111(text: str) -> dict[str, Any]:
                     value = value.strip('"')
             if key.strip() and str(value) != "":
                 fields.setdefault(key.strip(), value)
-    prompt, negative, target = [], [], None
+    prompt: list[str] = []
+    negative: list[str] | None = None
     for line in lines:
-        if target is None and line.lstrip().startswith("Negative prompt:"):
-            target = negative
-            line = line.lstrip()[len("Negative prompt:"):].strip()
-        (negative if target is negative else prompt).append(line)
+        if negative is None and line.lstrip().startswith("Negative prompt:"):
+            rest = line.lstrip()[len("Negative prompt:"):]
+            negative = [rest[1:] if rest.startswith(" ") else rest]
+        elif negative is not None:
+            negative.append(line)
+        else:
+            prompt.append(line)
     fields.pop("prompt", None)
     fields.pop("negative_prompt", None)
-    return {"prompt": "\n".join(prompt).strip(), "negative_prompt": "\n".join(negative).strip(), **fields}
+    return {"prompt": "\n".join(prompt), "negative_prompt": "\n".join(negative or []), **fields}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,18 +23,32 @@ RECIPE_FORMAT = 1
 
 @dataclass(frozen=True)
 class ModelRef:
-    """Which weights: the source as the user gave it, what kind it is, and its content hash."""
+    """Which weights: the source as the user gave it, what kind it is, and its content hashes.
+
+    ``sha256`` identifies the source's own bytes (a file's sha256; for a folder or a Train checkpoint
+    a hash over its files): recall and checkpoints compare it. ``single_file_sha256`` is the sha256 of
+    the single ``.safetensors`` file of the same weights that A1111 loads: the file itself, or the
+    single-file export Dreamy recorded for a checkpoint or an exported diffusers folder (see
+    dreamy/models/a1111_hash.py); None when Dreamy knows no such file (a hub or plain diffusers folder).
+    """
 
     source: str
-    kind: str  # tiny | hub | folder | file
+    kind: str  # tiny | hub | folder | file | checkpoint
     sha256: str
     label: str
     checkpoint_step: int | None = None
+    single_file_sha256: str | None = None
 
     @property
     def short_hash(self) -> str:
-        """A1111's "Model hash": the first 10 hex digits of the sha256."""
+        """Dreamy's content hash in short: the first 10 hex digits of ``sha256``."""
         return self.sha256[:10]
+
+    @property
+    def a1111_hash(self) -> str | None:
+        """A1111's "Model hash" (its "AutoV2", which Civitai shows too): the first 10 hex digits of the
+        single file's sha256; None when there is no known single file."""
+        return self.single_file_sha256[:10] if self.single_file_sha256 else None
 
 
 @dataclass(frozen=True)
@@ -73,7 +88,9 @@ class Recipe:
         model = "?"
         if self.model:
             step = f", step {self.model.checkpoint_step}" if self.model.checkpoint_step is not None else ""
-            model = f"{self.model.label} ({code(self.model.short_hash)}{step})"
+            a1111 = self.model.a1111_hash
+            also = f", Model hash {code(a1111)}" if a1111 and a1111 != self.model.short_hash else ""
+            model = f"{self.model.label} ({code(self.model.short_hash)}{step}{also})"
         lines = [f"{bold('Dreamy recipe')} · preset {bold(self.preset)} · seed {bold(self.seed)} · model {model}"]
         if getattr(s, "prompt", ""):
             lines.append(f"> {s.prompt}" if markdown else f"prompt: {s.prompt}")
@@ -105,9 +122,11 @@ class Recipe:
             model = None
             if m is not None:
                 step = m.get("checkpoint_step")
+                single = m.get("single_file_sha256")  # absent from recipes written before it was recorded
                 model = ModelRef(
                     source=_str(m["source"]), kind=_str(m["kind"]), sha256=_str(m["sha256"]),
                     label=_str(m["label"]), checkpoint_step=None if step is None else _int(step),
+                    single_file_sha256=None if single is None else _sha256(single),
                 )
             seed = d.get("seed")
             locked = d.get("locked", [])
@@ -139,6 +158,12 @@ class Recipe:
 def _str(v: Any) -> str:
     if not isinstance(v, str) or len(v) > 4096:
         raise TypeError(f"expected a short string, got {type(v).__name__}")
+    return v
+
+
+def _sha256(v: Any) -> str:
+    if not isinstance(v, str) or not re.fullmatch(r"[0-9a-f]{64}", v):
+        raise TypeError("expected a sha256 in hex")
     return v
 
 

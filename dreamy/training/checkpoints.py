@@ -24,14 +24,13 @@ import json
 import os
 import random
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..atomic import output_error
+from ..atomic import output_error, set_file_mode, temp_dir
 from ..errors import TrainError
 from ..layout import CHECKPOINT_FILE, step_dir, step_of
 from ..layout import checkpoints as list_checkpoints
@@ -103,6 +102,7 @@ def _save_tensors(tensors: dict[str, torch.Tensor], path: Path, dtype: torch.dty
         return (t.to(dtype) if dtype is not None and t.is_floating_point() else t).cpu().contiguous()
 
     save_file({k: prep(v) for k, v in tensors.items()}, str(path), metadata={"format": "pt"})
+    set_file_mode(path)
 
 
 def _rng_states() -> dict[str, Any]:
@@ -146,8 +146,7 @@ def save_checkpoint(
                          "and this step was not saved: lower the learning rate or resume from an earlier checkpoint.")
     final = step_dir(run_dir, step)
     try:
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
+        tmp = temp_dir(final, prefix=f".tmp-{final.name}-")
     except OSError as e:
         raise output_error(final, e) from None
     try:
@@ -176,7 +175,6 @@ def save_checkpoint(
                 "files": manifest(tmp)}
         meta["marker_sha256"] = marker_sha256(meta)
         (tmp / CHECKPOINT_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True), encoding="utf-8")
-        os.chmod(tmp, 0o755)
         replace_dir(tmp, final)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)

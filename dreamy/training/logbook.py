@@ -11,6 +11,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
+from ..atomic import file_mode
 from ..dreaming.contact_sheet import _font
 from ..png.metadata import save_png
 
@@ -42,6 +43,7 @@ class LossLog:
         """Keep rows up to ``last_step`` (atomically rewritten)."""
         keep = [r for r in self.rows() if r["step"] <= last_step]
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".loss-", suffix=".tmp")
+        os.chmod(tmp, file_mode())  # mkstemp makes 0600; the log is an ordinary file
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.writelines(json.dumps(r) + "\n" for r in keep)
         os.replace(tmp, self.path)

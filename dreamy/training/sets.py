@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..atomic import file_mode
 from ..errors import TrainDataError
 from ..images import ImageError, image_files, is_image_name, load_image, sniff
 from ..paths import check_name, check_tree, safe_filename
@@ -115,6 +116,7 @@ def add_to_training_set(
         if not target.exists():
             fd, tmp = tempfile.mkstemp(dir=folder, prefix=".", suffix=".tmp")
             os.close(fd)
+            os.chmod(tmp, file_mode())  # mkstemp makes 0600; a set's photos are ordinary files
             try:
                 shutil.copyfile(src, tmp)
                 os.replace(tmp, target)
