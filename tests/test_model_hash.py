@@ -88,6 +88,9 @@ def test_a_step_has_one_model_hash_from_its_checkpoint_and_both_exports(tmp_path
     assert _model_hash(files["single_file"], tmp_path / "d3", config_dir=tiny_dir) == file_hash
     assert _model_hash(step, tmp_path / "d4") == file_hash  # now from the record
 
+    card = export(step, tmp_path / "card", formats=["single-file", "card"])["card"].read_text()
+    assert f"Model hash (as A1111, Forge and Civitai show it): `{file_hash}`" in card
+
     again = export(step, tmp_path / "again", formats=["single-file"])  # an export is byte-deterministic
     assert again["single_file"].read_bytes() == files["single_file"].read_bytes()
 

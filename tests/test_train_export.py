@@ -168,6 +168,9 @@ def test_lora_exports_load_in_stock_diffusers_in_both_layouts(tmp_path, tiny_dir
     assert 'pipe.load_lora_weights(".", weight_name="pytorch_lora_weights.safetensors")' in card_python(card, "lora")
     assert "validation_grid" not in files  # no validation seeds, no grid
 
+    again = export(step, tmp_path / "again", formats=["lora"])  # the same bytes, so the same file hash on Civitai
+    assert all(again[k].read_bytes() == files[k].read_bytes() for k in ("lora_kohya", "lora_diffusers"))
+
     at_two = export(tmp_path / "m" / "adapter", tmp_path / "two", formats=["lora", "card"], step=2)  # a run + a step
     assert at_two["card"].read_text().count("# adapter — step 2") == 1
     with pytest.raises(ExportError, match="Run 'adapter' has no checkpoint at step 5"):

@@ -20,7 +20,7 @@ from ..atomic import atomic_write, output_error
 from ..errors import ExportError
 from ..layout import CHECKPOINT_FILE
 from ..layout import checkpoints as list_checkpoints
-from ..models import a1111_hash
+from ..models import a1111_hash, safetensors_file
 from ..models.checkpoints import PART_FILES, damage, read_meta
 from ..models.sources import load_model
 from ..paths import check_tree
@@ -114,10 +114,8 @@ def embedding_file(step: Path, meta: dict[str, Any], out: Path, run: str) -> dic
 
 
 def _save_atomic(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    from safetensors.torch import save
-
-    data = save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata)
-    atomic_write(path, lambda f: f.write(data))
+    # byte-deterministic (sorted metadata): the file hash Civitai shows for a LoRA is the same on every export
+    safetensors_file.write(path, tensors, metadata)
 
 
 def export(
@@ -153,13 +151,14 @@ def export(
     name = meta.get("run") or folder.parent.parent.name
     out = Path(out_dir) if out_dir is not None else folder.parent.parent / "export" / folder.name
     files: dict[str, Path] = {}
+    model_hash = None
     if "diffusers" in formats or "single-file" in formats:
         model = load_model(str(folder), device="cpu", precision="fp32")
         if "diffusers" in formats:
             files["diffusers"] = export_diffusers(model, out / "diffusers", dtype)
         if "single-file" in formats:
             files["single_file"] = a1111_hash.write_single_file(out / f"{name}.safetensors", model, meta, dtype)
-        a1111_hash.record_export(folder, model, meta, files, dtype)  # one Model hash for every form
+        model_hash = a1111_hash.record_export(folder, model, meta, files, dtype)  # one Model hash for every form
     if "lora" in formats:
         files.update(lora_files(folder, meta, out, name))
     elif "single_file" in files:  # a pivotal single file keeps CLIP's vocabulary: the trigger is the embedding
@@ -169,7 +168,7 @@ def export(
         grid = None
         if grid_src.is_file():
             grid = atomic_write(out / "validation-grid.png", lambda f: f.write(grid_src.read_bytes()))
-        files["card"] = model_card(folder, meta, out, grid, dict(files))
+        files["card"] = model_card(folder, meta, out, grid, dict(files), model_hash)
         if grid is not None:
             files["validation_grid"] = grid
     return files

@@ -160,9 +160,12 @@ def trigger_phrases(meta: dict[str, Any], files: dict[str, Path]) -> tuple[str, 
                    f"`diffusers/` folder, `{with_tokens}` (its tokenizer has {', '.join(tokens)}).")
 
 
-def model_card(step: Path, meta: dict[str, Any], out: Path, grid: Path | None, files: dict[str, Path]) -> Path:
+def model_card(step: Path, meta: dict[str, Any], out: Path, grid: Path | None, files: dict[str, Path],
+               model_hash: str | None = None) -> Path:
     """README.md with YAML front matter (licence, base, tags, trigger), how to use each file in each
-    tool, the exact recipe and the validation grid. Raises OutputError when it cannot be written."""
+    tool, the exact recipe and the validation grid. ``model_hash``: the sha256 of the single-file form
+    of these weights (its first 10 hex digits are A1111's and Civitai's "Model hash"), when known.
+    Raises OutputError when it cannot be written."""
     recipe = meta["recipe"]
     s = recipe["settings"]
     base = meta["base"]
@@ -195,6 +198,10 @@ def model_card(step: Path, meta: dict[str, Any], out: Path, grid: Path | None, f
         trigger_line,
         "",
     ]
+    if model_hash:
+        lines += [f"Model hash (as A1111, Forge and Civitai show it): `{model_hash[:10]}` — the sha256 of this "
+                  f"model's single `.safetensors` file is `{model_hash}`; pictures Dreamy makes from this "
+                  "checkpoint, its diffusers folder or its single file record the same hash.", ""]
     if grid is not None:
         lines += ["## Validation grid (rows: checkpoints, columns: seeds)", "", f"![validation grid]({grid.name})", ""]
     if files:
