@@ -34,6 +34,7 @@ CSS = """
 .dreamy-step { margin-top: 6px; }
 #offline-banner { border-left: 4px solid #2563eb; padding: 4px 10px; background: rgba(37,99,235,.08); }
 #particles-canvas canvas { width: 100%; height: auto; background: #000; border-radius: 8px; }
+#train-grid .image-frame { padding-top: 34px; box-sizing: border-box; }  /* below the label, not under it */
 """
 
 
@@ -46,7 +47,7 @@ def build(studio: Studio) -> gr.Blocks:
                         "Diffusion 1.5 or a trained model in Dream once it is on this machine.",
                         elem_id="offline-banner")
         with gr.Tabs(selected="dream") as tabs:
-            with gr.Tab("Train", id="train"):
+            with gr.Tab("Train", id="train") as train_page:
                 train = train_tab.build(studio)
             with gr.Tab("Dream", id="dream"):
                 dream = dream_tab.build(studio)
@@ -66,6 +67,8 @@ def build(studio: Studio) -> gr.Blocks:
                                  api_visibility="private")
         dream.send_particles.click(to_particles, [dream.paths, dream.selected], [particles.image, tabs],
                                    api_visibility="private")
+        # Sets made since the page loaded (Dream's "Add selected to training set") appear in Train's list
+        train_page.select(train.shown, train.shown_inputs, train.shown_outputs, api_visibility="private")
         for ev in train.events:  # a finished run's checkpoints appear in Dream's pickers
             ev.then(lambda: dream_tab.refresh_pickers(studio), None, [dream.model, dream.run],
                     api_visibility="private")

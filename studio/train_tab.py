@@ -6,7 +6,9 @@ from __future__ import annotations
 import os
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import gradio as gr
 
@@ -15,7 +17,14 @@ from dreamy.layout import checkpoints
 from dreamy.paths import check_name, within
 from dreamy.recipes.presets import list_presets, load_preset
 from dreamy.recipes.settings import DreamSettings, TrainSettings
-from dreamy.training.sets import add_to_training_set, list_training_sets, train_on_set, training_set_report
+from dreamy.training.logbook import LOG_NAME, LossLog
+from dreamy.training.sets import (
+    add_to_training_set,
+    list_training_sets,
+    remove_from_training_set,
+    train_on_set,
+    training_set_report,
+)
 
 from .errors import user_errors
 from .session import GPU, Studio
@@ -28,11 +37,20 @@ VALIDATION = ["width", "height", "steps"]
 UPDATE_EVERY_S = 0.5  # stream at most this often between checkpoints (loss plot, status)
 
 
+EXPORTS = [("single file + model card", "single-file,card"), ("diffusers folder + model card", "diffusers,card"),
+           ("LoRA files + model card", "lora,card"), ("model card", "card")]
+LORA_EXPORT = "lora,card"
+
+
 @dataclass
 class TrainTab:
     events: list  # the run events, for hand-offs (refresh the Dream pickers when a run ends)
     init: object  # page load: () -> updates for init_outputs
     init_outputs: list
+    # The tab opened: () -> updates for shown_outputs (sets made meanwhile, e.g. by Dream's "Add to set")
+    shown: object
+    shown_inputs: list
+    shown_outputs: list
 
 
 def train_blocked() -> str | None:
@@ -49,19 +67,28 @@ def _has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def _thumbs(report) -> tuple[list, str]:
-    """A training set's report (dreamy.training.sets.SetReport) as the gallery's thumbnails and its notes."""
-    if not report.exists:
-        return [], f"Training set **{report.name}** is empty: upload photos to fill it."
+def _set_view(report, skipped: Sequence[str] = ()) -> tuple[list, str, list[str], list[str]]:
+    """A training set's report (dreamy.training.sets.SetReport) as the page shows it: the gallery's
+    thumbnails, the notes under them, each thumbnail's file name (a click on one picks that file) and
+    the files *Remove from set* offers. ``skipped``: an upload's files that were not added."""
+    gone = "".join(f"\n- {note}" for note in skipped)
+    if not report.exists or not report.checks:
+        return [], f"Training set **{report.name}** is empty: upload photos to fill it.{gone}", [], []
     checks = report.checks
-    thumbs = [(str(c.path), ("⚠ " if c.notes else "") + c.line) for c in checks if c.usable]
-    flagged = [f"- {'**refused**' if not c.usable else '⚠'} {c.line}" for c in checks if c.notes or not c.usable]
-    head = f"**{report.usable}** usable photo(s) in `{report.name}`" + (
-        f", {len(checks) - report.usable} refused" if report.usable < len(checks) else "")
-    return thumbs, head + ("\n\n" + "\n".join(flagged) if flagged else "")
+    usable = [c for c in checks if c.usable]
+    refused = [c for c in checks if not c.usable]
+    thumbs = [(str(c.path), ("⚠ " if c.notes else "") + c.line) for c in usable]
+    # c.line already says "refused: <why>" for a refused file: no second "refused" in front of it
+    flagged = [f"- ⚠ {c.line}" for c in usable if c.notes] + [f"- {c.line}" for c in refused]
+    head = f"**{len(usable)}** usable photo(s) in `{report.name}`" + (
+        f", {len(refused)} refused (never trained on: remove them below)" if refused else "")
+    text = head + ("\n\n" + "\n".join(flagged) if flagged else "") + (
+        f"\n\nNot added:{gone}" if skipped else "")
+    return thumbs, text, [c.name for c in usable], [c.name for c in checks]
 
 
 NO_SET = "Choose or name a training set, then add photos."
+IDLE = "Not running. Stop saves a checkpoint; Resume continues from the newest one."
 
 
 def build(studio: Studio) -> TrainTab:
@@ -73,13 +100,21 @@ def build(studio: Studio) -> TrainTab:
             gr.Markdown("**1 · Photos** — about eight of one subject", elem_classes="dreamy-step")
             sets = _set_names(studio)
             with gr.Row():
-                set_name = gr.Dropdown(sets, value=sets[0] if sets else "photos", label="Training set", scale=3,
-                                       allow_custom_value=True, info="outputs/training-sets/<name>/")
+                set_name = gr.Dropdown(sets, value=_pick_set(sets), label="Training set", scale=3,
+                                       allow_custom_value=True, info="outputs/training-sets/<name>/",
+                                       elem_id="train-set")
             upload = gr.UploadButton("Add photos…", file_count="multiple", file_types=["image"], type="filepath",
                                      elem_id="train-upload", size="sm")
             thumbs = gr.Gallery(label="Photos", columns=3, height=240, object_fit="cover", format="png",
-                                interactive=False, preview=False)
-            problems = gr.Markdown(elem_classes="dreamy-note")
+                                interactive=False, preview=False, elem_id="train-photos")
+            problems = gr.Markdown(elem_classes="dreamy-note", elem_id="train-set-notes")
+            # The file behind each thumbnail (gallery order), and every file of the set. States, so the
+            # API's add_photos keeps its three outputs; the Remove list follows set_files.
+            shown_names, set_files = gr.State([]), gr.State([])
+            to_remove = gr.Dropdown([], value=[], multiselect=True, allow_custom_value=True,
+                                    label="Photos to take out of the set", elem_id="train-remove-files",
+                                    info="click a thumbnail, or pick a refused file")
+            remove = gr.Button("Remove from set", size="sm", elem_id="train-remove")
         with gr.Column(scale=1, min_width=340):
             gr.Markdown("**2 · Recipe**", elem_classes="dreamy-step")
             with gr.Row():
@@ -109,41 +144,70 @@ def build(studio: Studio) -> TrainTab:
             with gr.Row():
                 start = gr.Button("Start", variant="primary", interactive=not blocked, elem_id="train-start")
                 resume = gr.Button("Resume", interactive=not blocked)
-                stop = gr.Button("Stop", variant="stop")
-            status = gr.Markdown("Not running. Stop saves a checkpoint; Resume continues from the newest one.",
-                                 elem_id="train-status")
-            loss = gr.LinePlot(x="step", y="loss", height=200, label="Loss", show_label=True)
+                stop = gr.Button("Stop", variant="stop", elem_id="train-stop")
+            status = gr.Markdown(IDLE, elem_id="train-status")
+            # What the status says now, for Stop with nothing running to leave it as it is. Stop is not
+            # queued (a full queue must not refuse it), so it cannot toast; a State is no API parameter.
+            shown_status = gr.State(IDLE)
+            loss = gr.LinePlot(_loss_frame([]), x="step", y="loss", height=200, label="Loss", show_label=True,
+                               x_title="step", y_title="loss", elem_id="train-loss")
+            # The whole grid, scaled down into the frame (app.py's CSS keeps it below the floating label);
+            # the frame's full-screen button shows it large.
             grid = gr.Image(label="Validation grid: checkpoints × seeds", type="filepath", format="png",
-                            interactive=False, height=300)
+                            interactive=False, height=400, elem_id="train-grid")
             log = gr.Textbox(label="Log", lines=5, max_lines=5, interactive=False, autoscroll=True)
             with gr.Accordion("Export a checkpoint", open=False):
-                gr.Markdown("Into models/<run>/export/step-XXXX/. Pick the step inside the corridor.",
+                # a code span: bare <run> would be taken for an HTML tag and swallow the rest of the note
+                gr.Markdown("Into `models/<run>/export/step-XXXX/`. Pick the step inside the corridor.",
                             elem_classes="dreamy-note")
                 with gr.Row():
                     ex_step = gr.Dropdown([], label="Checkpoint", allow_custom_value=True, scale=2,
                                           info="blank: the newest")
-                    ex_what = gr.Dropdown([("single file + model card", "single-file,card"),
-                                           ("diffusers folder + model card", "diffusers,card"),
-                                           ("LoRA files + model card", "lora,card"), ("model card", "card")],
-                                          value="single-file,card", label="What", scale=3)
+                    # Every format here (the API may ask for any); the page offers what the checkpoint has
+                    ex_what = gr.Dropdown(EXPORTS, value="single-file,card", label="What", scale=3,
+                                          elem_id="train-export-what")
                 ex_go = gr.Button("Export", size="sm")
                 exported = gr.File(label="Exported files", interactive=False, file_count="multiple", height=80)
 
     def show_set(name: str, resolution: float):
         with user_errors("train"):
             if not name:
-                return [], NO_SET
-            return _thumbs(training_set_report(studio.training_sets, name, int(resolution or 512)))
+                return [], NO_SET, [], []
+            return _set_view(training_set_report(studio.training_sets, name, int(resolution or 512)))
 
     def add_photos(files: list[str] | None, name: str, resolution: float):
-        """Copy uploaded photos into a training set (names made safe; nothing leaves the set's folder)."""
+        """Copy uploaded photos into a training set (names made safe; nothing leaves the set's folder;
+        files Train would refuse are not copied and are listed instead)."""
         with user_errors("train"):
             if not name and not files:
-                return [], NO_SET, gr.update()
+                return [], NO_SET, gr.update(), [], []
             report = add_to_training_set(files or [], name, studio.training_sets, resolution=int(resolution or 512))
             if report.notes:
-                gr.Warning("; ".join(report.notes)[:300])
-            return *_thumbs(report), gr.update(choices=report.sets, value=name)
+                gr.Warning(f"{report.notes[0]}." if len(report.notes) == 1 else
+                           f"{len(report.notes)} files skipped: the list is under the photos.")
+            thumbs, text, names, in_set = _set_view(report, report.notes)
+            return thumbs, text, gr.update(choices=report.sets, value=name), names, in_set
+
+    def remove_photos(name: str, files: list[str] | None, resolution: float):
+        """Delete photos (file names in the set, as add_photos reports them) from a training set."""
+        with user_errors("train"):
+            if not files:
+                raise gr.Error("Pick the photos to remove first: click a thumbnail, or choose files in the list.")
+            report = remove_from_training_set(studio.training_sets, name, files, resolution=int(resolution or 512))
+            gr.Info(f"Removed {len(files)} file(s) from training set {report.name}.")
+            return _set_view(report)
+
+    def pick_photo(names: list[str], chosen: list[str] | None, evt: gr.SelectData):
+        """A click on a thumbnail adds its file to the ones *Remove from set* takes out."""
+        if evt.index is None or not 0 <= int(evt.index) < len(names):
+            return gr.update()
+        name = names[int(evt.index)]
+        return gr.update(value=[*(chosen or []), name] if name not in (chosen or []) else chosen)
+
+    def sets_shown(current: str | None, resolution: float):
+        """The tab opened: list the sets on disk now (a reload, or Dream's "Add selected to training set")."""
+        names = _set_names(studio)
+        return gr.update(choices=names), *show_set(current or "", resolution)
 
     def training(resume: bool, doc: str):
         """The handler behind Start (``resume=False``) and Resume: one body, two API names. Gradio reads
@@ -154,8 +218,6 @@ def build(studio: Studio) -> TrainTab:
                     gradient_accumulation_steps: float, instance_prompt: str, class_prompt: str,
                     validation_seeds: str, validation_width: float, validation_height: float,
                     validation_steps: float, request: gr.Request, progress=gr.Progress()):
-            import pandas as pd
-
             from dreamy.training import (
                 CheckpointSaved,
                 Finished,
@@ -164,6 +226,7 @@ def build(studio: Studio) -> TrainTab:
                 StepDone,
                 ValidationDone,
             )
+            from dreamy.training.validation import GRID_NAME
 
             with user_errors("train"):
                 if blocked:
@@ -173,7 +236,7 @@ def build(studio: Studio) -> TrainTab:
                           gradient_accumulation_steps, instance_prompt, class_prompt, validation_seeds)
                 overrides = overrides_from(FIELDS, values)
                 validation = overrides_from(VALIDATION, (validation_width, validation_height, validation_steps))
-                rows: list[dict] = []
+                rows: list[dict] = []  # the plot: the run's whole history, resumed steps after the earlier ones
                 lines: deque[str] = deque(maxlen=200)
                 grid_path, last = None, 0.0
                 head = "Starting…"
@@ -196,6 +259,10 @@ def build(studio: Studio) -> TrainTab:
                         elif isinstance(ev, Started):
                             lines.extend(ev.images)
                             lines.append(ev.describe())
+                            if ev.resumed_from is not None:  # the steps before this session, from the run's log
+                                rows = _loss_history(ev.run_dir, ev.resumed_from)
+                                earlier = ev.run_dir / "validation" / GRID_NAME
+                                grid_path = str(earlier) if earlier.is_file() else grid_path
                         elif isinstance(ev, CheckpointSaved | Notice):
                             lines.append(ev.describe())
                         elif isinstance(ev, Finished):
@@ -204,7 +271,7 @@ def build(studio: Studio) -> TrainTab:
                                     "or its run in *Checkpoint × seed grid*.")
                             lines.append(ev.describe())
                         last = time.monotonic()
-                        yield head, pd.DataFrame(rows, columns=["step", "loss"]), grid_path, "\n".join(lines)
+                        yield head, _loss_frame(rows), grid_path, "\n".join(lines)
 
         handler.__doc__ = doc
         return handler
@@ -213,10 +280,12 @@ def build(studio: Studio) -> TrainTab:
                                 "loss, grid, log.")
     resume_run = training(True, "Continue a run from its newest checkpoint (the recipe must match; steps may grow).")
 
-    def stop_run(request: gr.Request) -> str:
-        """Stop this session's training after the current step; a checkpoint is saved."""
-        n = studio.stop(request, ["train"])
-        return "Stopping after this step; a checkpoint will be saved…" if n else "No training of yours is running."
+    def stop_run(shown: str, request: gr.Request) -> str:
+        """Stop this session's training after the current step; a checkpoint is saved. With nothing
+        running, the status stays as it is ("Finished at step 16…", or "Not running…")."""
+        if studio.stop(request, ["train"]):
+            return "Stopping after this step; a checkpoint will be saved…"
+        return shown if isinstance(shown, str) and shown else IDLE
 
     def export_run(run_name: str, step: str | None, what: str):
         """Export a run's checkpoint (blank step: the newest): single file, diffusers folder, LoRA, model card."""
@@ -232,13 +301,15 @@ def build(studio: Studio) -> TrainTab:
             where = next(iter(files.values())).parent if files else run
             return shown, f"Exported {', '.join(files)} into `{where.relative_to(studio.models.parent)}`."
 
-    def steps_of(run_name: str):
-        try:
-            found = checkpoints(studio.models / check_name(run_name, "run name"))
-        except DreamyError:
-            found = []
-        return gr.update(choices=[str(s) for s, _ in reversed(found)], value=None)
+    def steps_of(run_name: str, what: str | None):
+        """The run's checkpoints to pick from, and what the newest can be exported as."""
+        found = _checkpoints(studio, run_name)
+        return gr.update(choices=[str(s) for s, _ in reversed(found)], value=None), _formats(found, None, what)
 
+    def formats_of(run_name: str, step: str | None, what: str | None):
+        return _formats(_checkpoints(studio, run_name), step, what)
+
+    set_view = [thumbs, problems, shown_names, set_files]
     inputs = [set_name, base, preset, run_name, unlock, *fields, *v_fields]
     outputs = [status, loss, grid, log]
     gpu = {"concurrency_id": GPU, "concurrency_limit": 1}
@@ -246,31 +317,85 @@ def build(studio: Studio) -> TrainTab:
     ev_start = start.click(typed(start_run, inputs), inputs, outputs, api_name="train", **gpu)
     ev_resume = resume.click(typed(resume_run, inputs), inputs, outputs, api_name="resume_train", **gpu)
     # No Gradio cancels here: closing the generator would skip the checkpoint that Stop promises.
-    stop.click(stop_run, None, status, api_name="stop_train", concurrency_limit=None, queue=False)
+    stop.click(stop_run, shown_status, status, api_name="stop_train", concurrency_limit=None, queue=False)
+    status.change(lambda text: text, status, shown_status, queue=False, api_visibility="private")
     for trigger in (set_name.change, widgets["resolution"].blur):  # flags depend on the training resolution
-        trigger(show_set, [set_name, widgets["resolution"]], [thumbs, problems], api_visibility="private")
+        trigger(show_set, [set_name, widgets["resolution"]], set_view, api_visibility="private")
     upload.upload(typed(add_photos, [upload, set_name, widgets["resolution"]]), [upload, set_name, widgets["resolution"]],
-                  [thumbs, problems, set_name],
+                  [thumbs, problems, set_name, shown_names, set_files],
                   api_name="add_photos")
+    remove_inputs = [set_name, to_remove, widgets["resolution"]]
+    remove.click(typed(remove_photos, remove_inputs), remove_inputs, set_view, api_name="remove_photos")
+    thumbs.select(pick_photo, [shown_names, to_remove], to_remove, api_visibility="private")
+    set_files.change(lambda files: gr.update(choices=files, value=[]), set_files, to_remove, queue=False,
+                     api_visibility="private")
     preset.input(lambda name, u: [preset_description(name), *locked_updates(name, "train", FIELDS, u)],
                  [preset, unlock], [description, *fields], api_visibility="private")
     unlock.input(lambda name, u: lock_toggled(name, "train", FIELDS, u), [preset, unlock], fields,
                  api_visibility="private")
     ex_go.click(typed(export_run, [run_name, ex_step, ex_what]), [run_name, ex_step, ex_what], [exported, status],
                 api_name="export")
-    run_name.change(steps_of, run_name, ex_step, api_visibility="private")
+    run_name.change(steps_of, [run_name, ex_what], [ex_step, ex_what], api_visibility="private")
+    ex_step.input(formats_of, [run_name, ex_step, ex_what], ex_what, api_visibility="private")
     for ev in (ev_start, ev_resume):
-        ev.then(steps_of, run_name, ex_step, api_visibility="private")
-    def init():
-        return [*locked_updates("sweet-spot", "train", FIELDS, False), *show_set(set_name.value, 512)]
+        ev.then(steps_of, [run_name, ex_what], [ex_step, ex_what], api_visibility="private")
 
-    return TrainTab([ev_start, ev_resume], init, [*fields, thumbs, problems])
+    def init():
+        """Page load: the sets on disk now (the page may be older than the newest set), the preset's locks."""
+        names = _set_names(studio)
+        chosen = _pick_set(names, set_name.value)
+        return [*locked_updates("sweet-spot", "train", FIELDS, False), gr.update(choices=names, value=chosen),
+                *show_set(chosen, 512), *steps_of(run_name.value, ex_what.value)]
+
+    return TrainTab([ev_start, ev_resume], init, [*fields, set_name, *set_view, ex_step, ex_what],
+                    sets_shown, [set_name, widgets["resolution"]], [set_name, *set_view])
 
 
 def _duration(seconds: float) -> str:
     s = int(max(0, seconds))
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
+
+def _pick_set(names: list[str], current: str | None = None) -> str:
+    """The set a fresh page shows: the one it had if it still exists, else the first on disk."""
+    return current if current in names else (names[0] if names else current or "photos")
+
+
+def _loss_frame(rows: list[dict]):
+    """The loss plot's data, numeric even when empty. Gradio's LinePlot takes a column of dtype object
+    for categories; a run's first frame (no step yet) was one, and the page kept those axes for the
+    whole run: one evenly spaced tick per loss value."""
+    import pandas as pd
+
+    return pd.DataFrame(rows, columns=["step", "loss"]).astype({"step": "int64", "loss": "float64"})
+
+
+def _loss_history(run_dir: Path, upto: int) -> list[dict]:
+    """The run's logged losses up to step ``upto`` (logs/loss.jsonl), for a resumed run's plot."""
+    return [{"step": r["step"], "loss": r["loss"]} for r in LossLog(run_dir / "logs" / LOG_NAME).rows()
+            if r["step"] <= upto and isinstance(r.get("loss"), int | float)]
+
+
+def _checkpoints(studio: Studio, run_name: str) -> list[tuple[int, Path]]:
+    try:
+        return checkpoints(studio.models / check_name(run_name, "run name"))
+    except DreamyError:
+        return []
+
+
+def _formats(found: list[tuple[int, Path]], step: str | None, what: str | None) -> dict:
+    """The export choices the chosen checkpoint (blank: the newest) supports: LoRA files only from a
+    checkpoint that holds LoRA weights (lora and pivotal runs; the exporter's own test)."""
+    from dreamy.models.checkpoints import read_meta  # imports torch: only once a run is looked at
+
+    at = {str(s): p for s, p in found}
+    folder = at.get(str(step).strip()) if step not in (None, "") else (found[-1][1] if found else None)
+    try:
+        lora = folder is not None and "lora_unet" in read_meta(folder).get("parts", ())
+    except DreamyError:  # a damaged checkpoint: Export says so when asked
+        lora = False
+    choices = [c for c in EXPORTS if lora or c[1] != LORA_EXPORT]
+    return gr.update(choices=choices, value=what if what in {v for _, v in choices} else EXPORTS[0][1])
 
 
 def _set_names(studio: Studio) -> list[str]:

@@ -4,6 +4,7 @@ dropped-PNG summaries and out-of-memory messages. No server here; see test_app_a
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 
 import numpy as np
@@ -104,17 +105,45 @@ def test_adding_to_a_training_set_copies_under_safe_names_once(tmp_path):
     root = tmp_path / "sets"
     report = add_to_training_set([a, a, other / "a.png", src / "notes.txt", src / "fake.png",
                                   src / "tiny.png"], " faces", root, resolution=512)
-    assert [p.name for p in report.added] == ["a.png", "a.png", "a-1.png", "fake.png", "tiny.png"]
-    assert report.notes == ["notes.txt: not an image file, skipped"]
-    assert (report.name, report.exists, report.files, report.sets) == ("faces", True, 4, ["faces"])
-    assert report.usable == 2 and [c.name for c in report.checks] == ["a-1.png", "a.png", "fake.png", "tiny.png"]
+    assert [p.name for p in report.added] == ["a.png", "a.png", "a-1.png"]
+    assert report.notes[0] == "notes.txt: not an image file, skipped"
+    assert report.notes[1].startswith("fake.png: not an image in a supported format") and "corrupt" in report.notes[1]
+    assert report.notes[2] == "tiny.png: only 40x40 pixels; images must be at least 64 px on each side, skipped"
+    assert (report.name, report.exists, report.files, report.sets) == ("faces", True, 2, ["faces"])
+    assert report.usable == 2 and [c.name for c in report.checks] == ["a-1.png", "a.png"]  # refused: not copied
     checks = {c.name: c for c in inspect_training_set(root / "faces", 512)}
     assert checks["a.png"].usable and "smaller than 512 px: will be upscaled" in checks["a.png"].notes
     assert checks["a-1.png"].usable and not checks["a-1.png"].notes
+    shutil.copy(src / "fake.png", root / "faces")  # put there by hand: flagged, never trained on
+    shutil.copy(src / "tiny.png", root / "faces")
+    checks = {c.name: c for c in inspect_training_set(root / "faces", 512)}
     assert not checks["fake.png"].usable and "not an image" in checks["fake.png"].line
     assert not checks["tiny.png"].usable and "at least 64 px" in checks["tiny.png"].line
+    assert not add_to_training_set([src / "tiny.png"], "only-refused", root).exists  # nothing kept, no empty set
     with pytest.raises(DreamyError, match="not a usable training set name"):
         add_to_training_set([a], "../up", root)
+
+
+def test_removing_from_a_training_set_takes_the_photo_and_its_caption_and_nothing_else(tmp_path):
+    from dreamy.training.sets import add_to_training_set, remove_from_training_set
+
+    root = tmp_path / "sets"
+    for name in ("a.png", "b.png", "c.jpg", "c.png"):
+        Image.new("RGB", (80, 80)).save(tmp_path / name)
+    add_to_training_set([tmp_path / n for n in ("a.png", "b.png", "c.jpg", "c.png")], "faces", root)
+    folder = root / "faces"
+    (folder / "a.txt").write_text("a caption")
+    (folder / "c.txt").write_text("the caption of both c's")
+    (tmp_path / "outside.png").write_bytes((tmp_path / "a.png").read_bytes())
+    for bad in ("../../outside.png", "missing.png", "", ".", "..", "sub/a.png", str(folder / "a.png")):
+        with pytest.raises(DreamyError, match="has no photo named"):
+            remove_from_training_set(root, "faces", ["b.png", bad])
+    assert sorted(p.name for p in folder.iterdir()) == ["a.png", "a.txt", "b.png", "c.jpg", "c.png", "c.txt"]
+    report = remove_from_training_set(root, "faces", ["a.png", "c.png", "a.png"], resolution=64)
+    assert sorted(p.name for p in folder.iterdir()) == ["b.png", "c.jpg", "c.txt"]  # c.jpg keeps its caption
+    assert [c.name for c in report.checks] == ["b.png", "c.jpg"] and (tmp_path / "outside.png").is_file()
+    with pytest.raises(DreamyError, match="not a usable training set name"):
+        remove_from_training_set(root, "../sets", ["b.png"])
 
 
 def test_a_training_set_report_says_what_the_studio_shows(tmp_path):
@@ -251,9 +280,10 @@ def test_a_foreign_png_maps_onto_dream_settings_and_hostile_values_are_dropped(t
                          "Size: 512x768"))
     assert s.kind == "foreign" and s.seed == 42
     assert s.values == {"prompt": "a tower", "negative_prompt": "fog", "guidance": 6.5, "steps": 20,
-                        "width": 512, "height": 768}
+                        "width": 512, "height": 768, "prompt_syntax": "a1111", "sampler": "euler_a",
+                        "scheduler": {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}}
     s = describe_png(png("x" * 200_000 + "\nSteps: lots, CFG scale: nan, Seed: -1, Size: 1e9x2"))
-    assert s.kind == "foreign" and s.seed is None and set(s.values) == {"prompt", "negative_prompt"}
+    assert s.kind == "foreign" and s.seed is None and set(s.values) == {"prompt", "negative_prompt", "prompt_syntax"}
     assert len(s.values["prompt"]) <= 4000
     plain = tmp_path / "plain.png"
     Image.new("RGB", (8, 8)).save(plain)

@@ -148,20 +148,43 @@ def test_eight_users_five_jobs_each_all_finish_unmixed_and_nothing_is_lost(serve
     print(f"40 jobs from 8 users in {time.monotonic() - t0:.1f} s")
 
 
-def test_a_full_queue_refuses_new_jobs_with_a_message(tmp_path):
+def test_a_full_queue_refuses_the_job_beyond_max_queue_with_a_message(tmp_path, monkeypatch):
+    """--max-queue 2: one job on the GPU, two waiting, the fourth is refused with "Queue is full"; the others
+    all finish. The first job holds the GPU until the refusal was seen (bounded), so no job can slip through."""
     from gradio_client import Client
+    from gradio_client.utils import Status
 
+    from dreamy.dreaming import dreams
+
+    on_gpu, release, real = threading.Event(), threading.Event(), dreams.dream_stream
+
+    def held(*args, **kwargs):  # a slow dream: waits for the test (at most 120 s), then dreams for real
+        on_gpu.set()
+        release.wait(timeout=120)
+        yield from real(*args, **kwargs)
+
+    monkeypatch.setattr(dreams, "dream_stream", held)
     with running_studio(tmp_path, max_queue=2) as (url, _):
         c = Client(url, verbose=False, download_files=str(tmp_path / "dl"))
-        jobs = [c.submit("tiny", "biased-dreams", "0-3", True, 1, *SMALL.values(), api_name="/dream") for _ in range(8)]
-        outcomes = []
-        for job in jobs:
-            try:
-                outcomes.append(job.result(timeout=120))
-            except Exception as e:  # noqa: BLE001
-                outcomes.append(e)
-        c.close()
-    refused = [o for o in outcomes if isinstance(o, Exception)]
-    done = [o for o in outcomes if not isinstance(o, Exception)]
-    assert refused and done and len(refused) + len(done) == 8
-    assert all("queue is full" in str(e).lower() for e in refused), refused
+
+        def submit(seed: int):
+            return c.submit("tiny", "biased-dreams", str(seed), True, 1, *SMALL.values(), api_name="/dream")
+
+        try:
+            first = submit(0)
+            assert on_gpu.wait(timeout=60), "the first job never reached the GPU"
+            waiting = [submit(1), submit(2)]
+            deadline = time.monotonic() + 60
+            while any(j.status().code != Status.IN_QUEUE for j in waiting):
+                assert time.monotonic() < deadline, [j.status().code for j in waiting]
+                time.sleep(0.05)
+            refused = submit(3)
+            with pytest.raises(Exception, match="Queue is full") as refusal:
+                refused.result(timeout=60)
+            release.set()
+            results = [job.result(timeout=120) for job in (first, *waiting)]
+        finally:
+            release.set()
+            c.close()
+    print(f"refused with: {refusal.value}")
+    assert [r[0][0]["caption"] for r in results] == ["seed 0", "seed 1", "seed 2"]

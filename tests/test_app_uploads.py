@@ -141,7 +141,8 @@ def test_recall_reads_the_uploaded_file_unchanged(client, tmp_path, monkeypatch)
         assert "another tool" in shown and "| Negative prompt |" not in shown
         assert "| negative_prompt | blurry, lowres |" in shown and "| CFG scale | 6.5 |" in shown
         assert "| Size | 512x768 |" in shown and "| Seed | 123456 |" in shown
-        assert "puts back its prompt, negative_prompt, steps, guidance, width, height, seed" in shown
+        assert "puts back its prompt, negative_prompt, steps, guidance, width, height, prompt_syntax, sampler, " \
+               "scheduler, seed" in shown
     comfy = {"3": {"class_type": "KSampler", "inputs": {"seed": 5, "steps": 20, "cfg": 7, "sampler_name": "euler",
                                                         "positive": ["6", 0]}},
              "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "a | pipe\nand a line"}}}

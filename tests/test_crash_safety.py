@@ -1,5 +1,7 @@
 """Crash safety: a training run SIGKILLed at random moments, checkpoint writes included, resumes from
-its last complete checkpoint every time and ends with exactly the weights of an uninterrupted run."""
+its last complete checkpoint every time and ends with exactly the weights of an uninterrupted run, and
+with its whole story: every checkpoint's validation row (even one killed right after its rename), the
+grid and the loss plot."""
 
 import json
 import os
@@ -20,6 +22,7 @@ from dreamy.models.checkpoints import read_meta
 from dreamy.training import checkpoints as ckpt
 
 STEPS, EVERY = 14, 3
+SEED = 5  # the crashing run's one validation seed (64 px, 2 steps)
 
 
 def _photos(folder):
@@ -30,11 +33,19 @@ def _photos(folder):
     return folder
 
 
-def _cmd(photos, models, name, resume):
+def _cmd(photos, models, name, resume, seeds=""):
     return [sys.executable, "-m", "dreamy", "train", "--preset", "sweet-spot", "--base", "tiny", "--images",
             str(photos), "--name", name, "--unlock", "--steps", str(STEPS), "--checkpoint-every", str(EVERY),
-            "--resolution", "64", "--validation-seeds", "", "--models-dir", str(models), "--device", "cpu",
-            *(["--resume"] if resume else [])]
+            "--resolution", "64", "--validation-seeds", seeds, "--validation-size", "64", "--validation-steps", "2",
+            "--models-dir", str(models), "--device", "cpu", *(["--resume"] if resume else [])]
+
+
+def _row(run, step):
+    return run / "validation" / f"step{step:06d}-seed{SEED:06d}.png"
+
+
+def _steps(run):
+    return {p.name for p in (run / "checkpoints").glob("step-*")} if (run / "checkpoints").is_dir() else set()
 
 
 def _env():
@@ -73,7 +84,7 @@ def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_p
                          timeout=600)
     assert ref.returncode == 0, ref.stderr[-2000:]
 
-    run, rng, kills, during_write, history = models / "crash", random.Random(11), 0, 0, []
+    run, rng, kills, during_write, after_rename, history = models / "crash", random.Random(11), 0, 0, 0, []
     deadline = time.monotonic() + 900
     while time.monotonic() < deadline:
         latest = ckpt.latest_resumable(run)
@@ -83,21 +94,28 @@ def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_p
             shutil.rmtree(run)  # killed before its first checkpoint: nothing to resume, start again
         started = time.time()
         stale = set((run / "checkpoints").glob(".tmp-*")) if (run / "checkpoints").is_dir() else set()
-        proc = subprocess.Popen(_cmd(photos, models, "crash", resumable), env=_env(), cwd=REPO,
+        old_steps = _steps(run)
+        proc = subprocess.Popen(_cmd(photos, models, "crash", resumable, str(SEED)), env=_env(), cwd=REPO,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        if kills >= 6:
+        if kills >= 6:  # the last resume trains to the end, or only completes what the last kill left out
             _, err = proc.communicate(timeout=600)
             assert proc.returncode == 0, err[-2000:]
             break
-        # Kill at a random logged step plus a random fraction of a step, or as soon as a checkpoint is
-        # being written (its hidden temporary folder exists).
-        target, aim_at_write = rng.randint(start_step + 1, STEPS - 1), kills % 3 == 1
+        # Kill at a random logged step plus a random fraction of a step, as soon as a checkpoint is being
+        # written (its hidden temporary folder exists), or as soon as one was renamed into place (before
+        # its validation row is rendered): an earlier one, and last the final one (before its row and plot).
+        target, aim = rng.randint(start_step + 1, STEPS - 1), ("rename", "write", "step", "rename", "write", "rename")[kills]
+        if aim == "rename" and kills < 5 and start_step + EVERY >= STEPS:
+            aim = "step"  # only the final checkpoint is left to write: keep it for the last kill
         while proc.poll() is None:
             tmp_dirs = set((run / "checkpoints").glob(".tmp-*")) - stale if (run / "checkpoints").is_dir() else set()
+            new_steps = {d for d in _steps(run) - old_steps if (d == f"step-{STEPS:04d}") == (kills == 5)}
             step = _last_logged_step(run, started)
-            if (aim_at_write and tmp_dirs) or (not aim_at_write and step is not None and step >= target):
-                time.sleep(rng.random() * 0.05 if not aim_at_write else 0)
+            if ((aim == "write" and tmp_dirs) or (aim == "rename" and new_steps)
+                    or (aim == "step" and step is not None and step >= target)):
+                time.sleep(rng.random() * 0.05 if aim == "step" else 0)
                 during_write += bool(tmp_dirs)
+                after_rename += any(not _row(run, int(s.split("-")[1])).exists() for s in new_steps)
                 break
             time.sleep(0.005)
         proc.send_signal(signal.SIGKILL)
@@ -108,11 +126,17 @@ def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_p
     else:
         pytest.fail("the crash loop did not finish in time")
 
-    print(history, during_write)
-    assert kills == 6 and during_write >= 1
+    print(history, during_write, after_rename)
+    assert kills == 6 and during_write >= 1 and after_rename >= 1
     assert sum(start > 0 for start, _, _ in history) >= 3  # most restarts really resumed from a checkpoint
     assert len({start for start, _, _ in history}) >= 3  # ... from different checkpoints
     assert all(not list((run / "checkpoints").glob(".tmp-*")) for _ in [0])  # leftovers cleaned on resume
     ours, theirs = _final_masters(run), _final_masters(models / "ref")
     assert ours.keys() == theirs.keys()
     assert all(torch.equal(ours[k], theirs[k]) for k in ours), "resumed weights differ from the uninterrupted run"
+    steps = [s for s, _ in ckpt.list_checkpoints(run)]
+    assert steps == [3, 6, 9, 12, 14]
+    assert [s for s in (0, *steps) if not _row(run, s).is_file()] == [], "a checkpoint lacks its validation row"
+    with Image.open(run / "validation" / "grid.png") as grid:
+        assert json.loads(grid.text["dreamy_grid"]) == {"steps": [0, *steps], "seeds": [SEED]}
+    assert (run / "logs" / "loss.png").is_file()

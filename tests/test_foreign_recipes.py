@@ -24,7 +24,8 @@ LIGHTHOUSE = ("a lighthouse on a cliff at dusk\n"
               "Template: a {lighthouse|windmill}\n"
               "on a cliff, Version: v1.5.1")
 LIGHTHOUSE_VALUES = {"prompt": "a lighthouse on a cliff at dusk", "negative_prompt": "blurry, lowres", "steps": 28,
-                     "guidance": 6.5, "width": 512, "height": 768}
+                     "guidance": 6.5, "width": 512, "height": 768, "prompt_syntax": "a1111", "sampler": "dpmpp_2m",
+                     "scheduler": {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}}
 
 
 def _png(path, **chunks):
@@ -90,7 +91,7 @@ def test_a_png_with_the_broken_line_gives_the_right_form_values(tmp_path):
     assert info.kind == "foreign" and info.tool == "A1111/Forge"
     assert info.values == LIGHTHOUSE_VALUES and info.seed == 123456
     can, cannot = reproducible(info)
-    assert can == [*LIGHTHOUSE_VALUES, "seed"] and "Sampler" in cannot and "Model hash" in cannot
+    assert can == [*LIGHTHOUSE_VALUES, "seed"] and "Sampler" not in cannot and "Model hash" in cannot
 
 
 # ---- JPEG and WebP: EXIF UserComment ----
@@ -231,7 +232,8 @@ def test_core_recall_says_what_it_can_and_cannot_reproduce(tmp_path):
     from dreamy.dreaming.dreams import recall
 
     with pytest.raises(RecallError, match=r"made by another tool \(A1111/Forge\).*prompt, negative_prompt, steps, "
-                                          r"guidance, width, height, seed; not with its Sampler"):
+                                          r"guidance, width, height, prompt_syntax, sampler, scheduler, seed; "
+                                          r"not with its Model hash"):
         recall(_exif_image(tmp_path / "a.jpg", b"UNICODE\0" + LIGHTHOUSE.encode("utf-16-be")))
     with pytest.raises(RecallError, match=r"ComfyUI"):
         recall(_png(tmp_path / "c.png", prompt=json.dumps(COMFY)))
@@ -247,7 +249,7 @@ def _cli(capsys, *args):
 
 def test_cli_info_prints_what_a_foreign_file_says(tmp_path, capsys):
     rc, out, err = _cli(capsys, "info", str(_exif_image(tmp_path / "a.jpg", b"UNICODE\0" + LIGHTHOUSE.encode("utf-16-le"))))
-    assert rc == 0 and "made by another tool" in err and "not with its Sampler" in err
+    assert rc == 0 and "made by another tool" in err and "not with its Model hash" in err
     shown = json.loads(out)
     assert shown["tool"] == "A1111/Forge" and shown["settings"] == LIGHTHOUSE_VALUES and shown["seed"] == 123456
     rc, out, err = _cli(capsys, "info", str(_png(tmp_path / "c.png", prompt=json.dumps(COMFY))))
@@ -260,14 +262,14 @@ def test_cli_recall_of_a_foreign_file(tmp_path, capsys):
     png = _png(tmp_path / "a.png", parameters="a small boat\nNegative prompt: fog\nSteps: 2, Sampler: Euler a, "
                                                "CFG scale: 4.5, Seed: 77, Size: 64x64, Model: dreamshaper_8")
     rc, out, err = _cli(capsys, "recall", str(png), "--out", str(tmp_path / "out"))
-    assert rc == 2 and "cannot re-create it exactly" in err and "not with its Sampler, Model" in err
+    assert rc == 2 and "cannot re-create it exactly" in err and "not with its Model" in err
     assert "--use-settings" in err and not (tmp_path / "out").exists()
     rc, out, err = _cli(capsys, "recall", str(png), "--out", str(tmp_path / "out"), "--use-settings", "--model", "tiny")
     assert rc == 2 and "which locks them" in err and "--unlock" in err
     rc, out, err = _cli(capsys, "recall", str(png), "--out", str(tmp_path / "out"), "--use-settings", "--model", "tiny",
                         "--unlock", "--device", "cpu")
     assert rc == 0, err
-    assert "not reproduced: Sampler" in err
+    assert "not reproduced: Model" in err
     from dreamy.png.metadata import read_recipe
 
     r = read_recipe(out.strip())

@@ -28,8 +28,8 @@ def test_builtin_presets_pin_the_package_deal():
     assert (e.s_churn, e.s_noise, e.color_fix, e.upscale) == (5.0, 1.003, "wavelet", 4.0)
     assert e.positive_prompt == "sharp textures, fine grain, rich color depth"
     assert e.negative_prompt == "blurry, low quality, jpeg artifacts"
-    assert set(p.locked["dream"]) == {"prompt", "negative_prompt", "guidance", "steps", "width", "height",
-                                      "sampler", "scheduler", "precision"}
+    assert set(p.locked["dream"]) == {"prompt", "negative_prompt", "prompt_syntax", "guidance", "steps", "width",
+                                      "height", "sampler", "scheduler", "precision"}
 
 
 @pytest.mark.parametrize("name, lr, steps", [("sweet-spot", 2e-6, 1200), ("too-far", 2e-6, 1600), ("cooked", 4e-6, 1600)])

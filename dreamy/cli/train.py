@@ -61,7 +61,8 @@ def add_parser(sub: Any) -> None:
     t.add_argument("--validation-size", type=int, default=None,
                    help="render validation images at this size instead of the preset's (quicker on a CPU)")
     t.add_argument("--validation-steps", type=int, default=None, help="denoising steps for validation renders")
-    t.add_argument("--resume", action="store_true", help="continue the run from its newest intact checkpoint")
+    t.add_argument("--resume", action="store_true", help="continue the run from its newest intact checkpoint, "
+                   "first completing the validation images, grid and loss plot a kill left out")
     t.add_argument("--allow-changed-photos", action="store_true",
                    help="with --resume: continue although photos were added, removed or changed (run.json records it)")
     t.add_argument("--export", default="", help="after training, export: comma list of diffusers, "

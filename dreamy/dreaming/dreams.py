@@ -24,6 +24,7 @@ from PIL import Image
 
 from ..errors import DreamyError, PresetError, RecallError
 from ..events import CancelToken, Progress, ProgressCallback
+from ..models.a1111_prompt import check_prompt_syntax
 from ..models.devices import pick_device, pick_dtype, runtime_info
 from ..models.sources import SDModel, cached_model, load_model
 from ..png.info import describe_png, foreign_refusal
@@ -97,6 +98,7 @@ def _checked(
     else:  # a recipe given whole (recall: read from an untrusted PNG) is tried like a preset
         s = recipe.settings
         check_sampler_runs(s.sampler, s.scheduler, s.steps, "the recipe's sampler/steps/scheduler")
+        check_prompt_syntax(dataclasses.asdict(s), "the recipe's")
     if not isinstance(batch_size, int) or not 1 <= batch_size <= 64:
         raise DreamyError(f"Batch size must be between 1 and 64, got {batch_size!r}.")
     return seed_list, recipe
@@ -130,7 +132,7 @@ def _generic_batches(
                 on_progress(Progress("dream", step, steps, item=start, items=len(seed_list),
                                      message=f"seeds {start + 1}-{start + n} of {len(seed_list)}"))
 
-        latents = denoise(model, base, latents, cond, uncond, on_step, cancel)
+        latents = denoise(model, base, latents, cond, uncond, on_step, cancel, seeds=batch)
         images, upcast = decode(model, latents)
         yield batch, images, upcast
 
@@ -200,13 +202,15 @@ def dream_iter(
 
     base = recipe.replace(model=model.ref, runtime=runtime_info(model.device, model.dtype))
     s = base.settings
-    cuts, notes = prompt_cuts(model, s.prompt, s.negative_prompt)
+    cuts, notes = prompt_cuts(model, s.prompt, s.negative_prompt, s.prompt_syntax)
     if cuts:
         base = base.replace(runtime={**base.runtime, **cuts})
-    cond = encode_prompt(model, s.prompt)
-    uncond = encode_prompt(model, s.negative_prompt)
+    cond = encode_prompt(model, s.prompt, s.prompt_syntax)
+    uncond = encode_prompt(model, s.negative_prompt, s.prompt_syntax)
     out = Path(out_dir) if out_dir is not None else None
-    quick = fast_path.select(model, base, seed_list, batch_size, tuple(cond.shape), fast)
+    # The captured loop holds one embedding shape; a1111 prompts of unequal chunk counts run generic.
+    quick = fast_path.select(model, base, seed_list, batch_size, tuple(cond.shape), fast) \
+        if cond.shape == uncond.shape else None
     if quick is not None:
         base = base.replace(runtime={**base.runtime, "path": quick.label})
         batches = quick.batches(model, base, cond, uncond, on_progress, cancel)

@@ -4,6 +4,9 @@ CLIP reads at most ``model_max_length`` tokens (77 for SD, the start and end mar
 everything after that is silently dropped by the encoder. Dream, sweeps, prompt sweeps, Train's
 captions, trigger words and validation renders, and Enlarge's prompts all ask :func:`dropped_text`
 so that the cut is named to the user and recorded, never silent.
+
+A dream's ``prompt_syntax`` "a1111" reads any length in 75-token chunks (a1111_prompt.py), so for
+it nothing is cut.
 """
 
 from __future__ import annotations
@@ -75,13 +78,15 @@ def cut_notice(what: str, dropped: str, budget: int) -> str:
             f"\"{shown}\".")
 
 
-def check_prompts(tokenizer, prompts: dict[str, str]) -> tuple[dict[str, str], list[str]]:
+def check_prompts(tokenizer, prompts: dict[str, str], syntax: str = "plain") -> tuple[dict[str, str], list[str]]:
     """``{label: text}`` -> (``{label: dropped}`` for the texts that are cut, one notice per cut text).
 
-    Each notice is also logged as a warning.
+    Each notice is also logged as a warning. ``syntax`` "a1111" cuts nothing: both are empty.
     """
     cut: dict[str, str] = {}
     notes: list[str] = []
+    if syntax == "a1111":  # A1111 encodes a long prompt in chunks of 75 tokens: every word is read
+        return cut, notes
     budget = token_budget(tokenizer)
     for label, text in prompts.items():
         d = dropped_text(tokenizer, text or "")

@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import DreamyError
+from ..errors import DreamyError, PresetError
 from ..recipes.presets import list_presets
 from ..recipes.recipe import Recipe, locked_changes
+from ..recipes.samplers import from_a1111
 from .metadata import CHUNK, parse_a1111, read_recipe, read_text_chunks
 
 _SIZE = re.compile(r"^\s*(\d{2,5})\s*x\s*(\d{2,5})\s*$")
@@ -37,6 +38,7 @@ class PngSummary:
     model: str | None = None
     message: str = ""
     tool: str = ""  # foreign: "A1111/Forge", "Fooocus" or "ComfyUI"
+    notes: list[str] = field(default_factory=list)  # foreign: what has no equivalent here, one sentence each
 
 
 def _number(text: Any, kind: type) -> Any:
@@ -87,7 +89,15 @@ def _a1111(path: Path, text: str) -> PngSummary:
     m = _SIZE.match(str(params.get("Size", "")))
     values = _form_values(params.get("prompt"), params.get("negative_prompt"), params.get("Steps"),
                           params.get("CFG scale"), m.groups() if m else None)
+    values["prompt_syntax"] = "a1111"  # its prompts are written for A1111's weights and chunks
+    notes = []
+    if isinstance(params.get("Sampler"), str):
+        try:  # A1111's sampler and its SD 1.x schedule, or a sentence saying there is no equivalent
+            values["sampler"], values["scheduler"] = from_a1111(params["Sampler"], str(params.get("Schedule type", "")))
+        except PresetError as e:
+            notes.append(f"{e} The preset's sampler is used instead.")
     return PngSummary("foreign", parameters=params, values=values, seed=_seed(params.get("Seed")), tool="A1111/Forge",
+                      notes=notes,
                       message=f"'{path.name}' was made by another tool (A1111/Forge parameters); its parameters are "
                               "shown, and can be dreamed again here, but not re-created exactly.")
 
@@ -212,7 +222,8 @@ def describe_png(path: str | Path) -> PngSummary:
 
 
 # Settings a foreign file may give that Dreamy puts into a dream, by the form's names.
-REPRODUCIBLE = ("prompt", "negative_prompt", "steps", "guidance", "width", "height")
+REPRODUCIBLE = ("prompt", "negative_prompt", "steps", "guidance", "width", "height", "prompt_syntax", "sampler",
+                "scheduler")
 
 
 def reproducible(info: PngSummary) -> tuple[list[str], list[str]]:
@@ -223,6 +234,8 @@ def reproducible(info: PngSummary) -> tuple[list[str], list[str]]:
         can.append("seed")
     read = {"prompt", "negative_prompt", "positive", "negative", "steps", "cfg", "guidance_scale", "seed", "size",
             "resolution", "Steps", "CFG scale", "Seed", "Size", "text 1"}
+    if "sampler" in info.values:  # an A1111 sampler mapped onto one of Dreamy's
+        read |= {"Sampler", "Schedule type"}
     cannot = [k for k in info.parameters if k not in read and info.parameters[k] not in ("", None)]
     return can, cannot
 
@@ -252,9 +265,10 @@ def dream_form(path: str | Path, preset: str) -> DreamForm:
 def foreign_refusal(info: PngSummary, name: str) -> str:
     """Why a foreign file cannot be recalled exactly, and what of it can be dreamed again."""
     can, cannot = reproducible(info)
+    uses = "the model you pick" if "sampler" in info.values else "the preset's sampler and the model you pick"
     return (f"'{name}' was made by another tool ({info.tool}), so Dreamy cannot re-create it exactly. "
             f"It can dream again with its {', '.join(can) or 'nothing'}"
-            + (f"; not with its {', '.join(cannot)[:300]} (Dreamy uses the preset's sampler and the model you pick)"
-               if cannot else "")
-            + ". Use its settings (studio: Recall · Use its settings; CLI: recall --use-settings, where settings "
+            + (f"; not with its {', '.join(cannot)[:300]} (Dreamy uses {uses})" if cannot else "")
+            + ". " + "".join(f"{n} " for n in info.notes)
+            + "Use its settings (studio: Recall · Use its settings; CLI: recall --use-settings, where settings "
               "that differ from a locked preset need --unlock).")

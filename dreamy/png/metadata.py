@@ -48,7 +48,7 @@ def a1111_parameters(recipe: Recipe) -> str:
         lines.append(f"Negative prompt: {_as_lines(s.negative_prompt)}")
     fields = [
         ("Steps", s.steps),
-        ("Sampler", a1111_name(s.sampler)),
+        ("Sampler", a1111_name(s.sampler, s.scheduler)),
         ("CFG scale", s.guidance),
         ("Seed", recipe.seed),
         ("Size", f"{s.width}x{s.height}"),

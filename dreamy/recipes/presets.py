@@ -21,6 +21,7 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 from ..errors import PresetError
+from ..models.a1111_prompt import check_prompt_syntax
 from .settings import SECTIONS, build, field_names
 
 BUILTIN_DIR = Path(__file__).resolve().parents[2] / "presets"
@@ -146,6 +147,10 @@ def load_preset(name_or_path: str | Path) -> Preset:
 
     check_sampler_runs(preset.dream.sampler, preset.dream.scheduler, preset.dream.steps,
                        f"{path} [dream] sampler/steps with [dream.scheduler]")
+    check_prompt_syntax(preset_fields(preset, "dream"), f"{path} [dream]")
+    t = preset.train  # class images are dreamed with the [dream] table's prompt syntax
+    check_prompt_syntax({"prompt_syntax": preset.dream.prompt_syntax, "prompt": t.class_image_prompt or t.class_prompt,
+                         "negative_prompt": t.class_negative_prompt}, f"{path} [train] class image")
     return preset
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import LockedFieldError, PresetError, RecallError
+from ..models.a1111_prompt import check_prompt_syntax
 from .presets import Preset, load_preset, preset_fields
 from .settings import SECTIONS, build, check_value
 
@@ -96,7 +97,8 @@ class Recipe:
             lines.append(f"> {s.prompt}" if markdown else f"prompt: {s.prompt}")
         if getattr(s, "negative_prompt", ""):
             lines.append(f"negative: {s.negative_prompt}")
-        lines.append(f"guidance {s.guidance} · {s.steps} {s.sampler} steps · {s.width}×{s.height} · {s.precision}"
+        syntax = " · A1111 prompt syntax" if getattr(s, "prompt_syntax", "plain") == "a1111" else ""
+        lines.append(f"guidance {s.guidance} · {s.steps} {s.sampler} steps · {s.width}×{s.height} · {s.precision}{syntax}"
                      if self.job == "dream" else f"a {self.job} recipe")
         if self.unlocked:
             lines.append("unlocked: " + ", ".join(f"{k} {v.get('preset')!r} → {v.get('value')!r}"
@@ -224,6 +226,8 @@ def resolve(
 
         check_sampler_runs(values["sampler"], values["scheduler"], values["steps"],
                            f"dream settings (preset '{preset.name}' with sampler/steps/scheduler overridden)")
+    if job == "dream":
+        check_prompt_syntax(values, "dream setting")  # the a1111 syntax: only what Dreamy reproduces
     return Recipe(
         job=job,
         preset=preset.name,

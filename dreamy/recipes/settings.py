@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import PresetError
+from .samplers import SAMPLERS as _SAMPLER_TABLE
 
 
 def _f(default: Any, *, range: tuple | None = None, choices: tuple | None = None, doc: str = ""):
@@ -24,8 +25,12 @@ def _f(default: Any, *, range: tuple | None = None, choices: tuple | None = None
     return field(default=default, metadata=meta)
 
 
-SAMPLERS = ("ddim", "euler", "dpmpp_2m", "pndm")
+SAMPLERS = tuple(_SAMPLER_TABLE)  # ddim, euler, euler_a, dpmpp_2m, dpmpp_2m_sde, dpmpp_sde, pndm
 PRECISIONS = ("fp16", "bf16", "fp32")
+# plain: the text as stock diffusers reads it (one 77-token window, the rest cut); a1111: A1111's
+# weights, BREAK and 75-token chunks (dreamy/models/a1111_prompt.py). It changes the picture, so a
+# preset that locks its prompt locks it too.
+PROMPT_SYNTAXES = ("plain", "a1111")
 
 
 @dataclass(frozen=True)
@@ -34,6 +39,8 @@ class DreamSettings:
 
     prompt: str = _f("", doc="what to dream")
     negative_prompt: str = _f("", doc="what to steer away from")
+    prompt_syntax: str = _f("plain", choices=PROMPT_SYNTAXES,
+                            doc="plain: as stock diffusers (77 tokens); a1111: (word:1.2), [word], BREAK, long prompts")
     guidance: float = _f(7.5, range=(0.0, 50.0), doc="classifier-free guidance scale")
     steps: int = _f(50, range=(1, 1000), doc="denoising steps")
     width: int = _f(512, range=(64, 2048), doc="pixels; a multiple of 8")
@@ -74,7 +81,13 @@ class TrainSettings:
     crop: str = _f("center", choices=("center", "random"))
     class_images_dir: str = _f("", doc="prior preservation: a folder of class images (else generated into the run)")
     class_guidance: float = _f(7.5, range=(0.0, 50.0), doc="CFG for generating class images")
-    class_steps: int = _f(50, range=(1, 1000), doc="DDIM steps for generating class images")
+    class_steps: int = _f(50, range=(1, 1000), doc="sampler steps for generating class images (the sampler, its "
+                          "scheduler and the prompt syntax are the preset's [dream] ones)")
+    # Published recipes (Gigafractal's) made their class images with a long prompt of their own and
+    # trained them under the bare class word: the two are apart, the class prompt the caption.
+    class_image_prompt: str = _f("", doc="prior preservation: the prompt class images are generated with "
+                                 "('' : the class prompt); the class prompt stays their caption")
+    class_negative_prompt: str = _f("", doc="prior preservation: the negative prompt for generating class images")
     # optimizer details
     adam_beta1: float = _f(0.9, range=(0.0, 1.0))
     adam_beta2: float = _f(0.999, range=(0.0, 1.0))
@@ -108,7 +121,8 @@ class TrainSettings:
 class EnlargeSettings:
     """A SUPIR enlargement (defaults are the official Quality settings with our recipe's choices)."""
 
-    supir_model: str = _f("SUPIR-v0Q", choices=("SUPIR-v0Q", "SUPIR-v0F"))
+    # "tiny": the offline demo (random weights); a recipe names it when the demo is what ran
+    supir_model: str = _f("SUPIR-v0Q", choices=("SUPIR-v0Q", "SUPIR-v0F", "tiny"))
     sdxl_base: str = _f("Juggernaut XL v9")
     upscale: float = _f(4.0, range=(1.0, 8.0))
     steps: int = _f(30, range=(1, 500))

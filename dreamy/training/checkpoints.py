@@ -243,3 +243,24 @@ def read_resume(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     masters = load_file(str(path / "resume" / "masters.safetensors"))
     state = torch.load(path / "resume" / "state.pt", map_location="cpu", weights_only=True)
     return masters, state
+
+
+def restore(path: Path, trainables: Trainables, optimizer: torch.optim.Optimizer, scaler: Any) -> int:
+    """Load checkpoint ``path``'s resume state into the live run (masters, optimizer, scaler, RNG); returns its step.
+
+    Raises TrainError (one sentence) when it cannot be read (damaged since ``newest_intact`` checked it).
+    """
+    try:
+        masters, state = read_resume(path)
+    except Exception as e:  # noqa: BLE001 - damaged between the check and the read: one sentence, not a traceback
+        raise TrainError(f"Checkpoint {path.name} of run '{path.parent.parent.name}' cannot be read "
+                         f"({str(e).splitlines()[0][:80] if str(e) else type(e).__name__}); resume again to fall "
+                         "back to an earlier checkpoint.") from None
+    with torch.no_grad():
+        for key, p in trainables.params.items():
+            p.copy_(masters[key].to(p.device))
+    optimizer.load_state_dict(state["optimizer"])
+    if state["scaler"] is not None and scaler.is_enabled():
+        scaler.load_state_dict(state["scaler"])
+    restore_rng_states(state["rng"])  # after the set-up's own draws (LoRA init): the saved streams go on
+    return int(state["step"])

@@ -8,27 +8,27 @@ Every random draw is seeded by (seed, micro-step), see ``data.py``, so a resumed
 Under ``accelerate launch`` with N processes the run is data-parallel (``parallel.py``): a global
 batch of ``train_batch_size`` x N, gradients summed across ranks, files written by the main process.
 
-``train`` holds the control flow and every ``yield``; its phases are plain functions over one
-``_Run``: ``_set_up`` (checks, base model, trainables, optimizer, batches, run folder or resume),
-``_optimizer_step``, ``_save`` + ``_validate`` at each checkpoint, ``_finish``. The loss of one
-micro-step is ``loss.py``'s.
+``train`` holds the control flow and the ``yield``s (``_catch_up`` those of a resume's first renders); its
+phases are plain functions over one ``_Run``: ``_set_up`` (checks, base model, trainables, optimizer, batches,
+run folder or resume), ``_catch_up`` (a resume: what a killed run left out, ``catch_up.py``), ``_optimizer_step``,
+``_save`` + ``_validate`` at each checkpoint, ``_finish``. The loss of one micro-step is ``loss.py``'s.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import re
 import shutil
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..events import CancelToken
+from ..layout import step_of
 from ..models.checkpoints import checkpoint_sha256
 from ..models.devices import pick_device
 from ..models.sources import SDModel, load_model
@@ -37,13 +37,14 @@ from ..recipes.recipe import ModelRef, Recipe, resolve
 from ..recipes.seeds import parse_seeds
 from ..recipes.settings import TrainSettings
 from . import checkpoints as ckpt
+from .catch_up import LeftOut, left_out, load_params
 from .data import TrainingSet, prepare_images
 from .events import CheckpointSaved, Finished, Notice, Started, StepDone, TrainEvent, ValidationDone
 from .logbook import LOG_NAME, PLOT_NAME, LossLog, plot
 from .loss import Batchable, MicroLoss, cache_latents, tokenize
 from .modes import Trainables, setup_mode
 from .optim import apply_lr, make_optimizer
-from .parallel import Group, is_main_process, join
+from .parallel import Group, join
 from .prior import class_folder, generate_class_images, load_class_images, missing_class_images
 from .runs import (
     TrainError,
@@ -52,10 +53,11 @@ from .runs import (
     check_resumable,
     photo_record,
     record_photo_change,
+    resume_point,
     run_dir_for,
     write_run_record,
 )
-from .validation import GRID_NAME, render, write_grid
+from .validation import GRID_NAME, render, validation_images, write_grid
 
 
 @dataclass
@@ -76,6 +78,8 @@ class _Run:
     micro_loss: MicroLoss
     log: LossLog
     start: int = 0  # the step this call starts at: 0, or the resumed checkpoint's
+    resume_from: Path | None = None  # the checkpoint whose resume state ``_catch_up`` restores
+    left: LeftOut = field(default_factory=LeftOut)  # what a killed run left out up to ``start``
 
     @property
     def total(self) -> int:
@@ -131,7 +135,10 @@ def train(
         resume: continue run ``name`` from its newest checkpoint with a resume state; only
             max_train_steps, checkpointing_steps, checkpoints_total_limit, keep_resume_state and
             validation_seeds may differ from the run's. The result is bit-identical to an
-            uninterrupted run.
+            uninterrupted run. First it completes what a killed run left out: the validation
+            images of step 0 and of every kept checkpoint (each rendered with that step's
+            weights), the grid, the loss plot. A run already at ``max_train_steps`` only completes
+            those and finishes; with nothing left out it is refused (raise max_train_steps).
         device: ``"cuda"``, ``"cpu"``, ... or None for the best one here.
         validation: [dream] overrides for the validation renders only (e.g. a smaller size on a
             CPU); they need no unlock and are recorded in each PNG's recipe.
@@ -142,8 +149,9 @@ def train(
 
     Yields (``step`` is always the optimizer steps done, ``total`` is ``max_train_steps``):
         ``Started`` (run folder, the step resumed from or None, one line per image), then on the
-        main process ``Notice``s (optimizer fallback, data-parallel batch, class images being made);
-        for a new run, ``ValidationDone`` for the base model at step 0; per step ``StepDone`` (loss,
+        main process ``Notice``s (optimizer fallback, data-parallel batch, class images being made,
+        what a resume completes first); for a new run, ``ValidationDone`` for the base model at step 0
+        (a resume: one per row it renders of those left out); per step ``StepDone`` (loss,
         lr, elapsed and ETA in seconds); every ``checkpointing_steps`` steps, at the last step and
         on a stop ``CheckpointSaved``, then (not on a stop) ``ValidationDone``; last ``Finished``
         (the last checkpoint, whether stopped, the log/plot/grid files that exist).
@@ -176,7 +184,7 @@ def train(
             ``Notice``, moved aside as ``damaged-step-XXXX`` and the newest intact one resumed); a
             resume with another base, process count, a setting that may not change, or other photos
             (unless ``allow_changed_photos``); prior preservation without a class prompt; already at
-            ``max_train_steps``; the loss, the gradients or the weights became NaN or infinite
+            ``max_train_steps`` with nothing left out; the loss, the gradients or the weights became NaN or infinite
             (diverged: no checkpoint of that step is written).
         TrainSetupError (TrainError's base): a missing package (peft, prodigyopt) or a mode that
             cannot be set up (e.g. pivotal tuning without a trigger word).
@@ -199,6 +207,8 @@ def train(
         done = _validate(run, 0, None)
         if done is not None:
             yield done
+    else:
+        yield from _catch_up(run)
     step_times: list[float] = []  # seconds per step, and per checkpoint + validation: the ETA
     ckpt_times: list[float] = []
     step = last_saved = run.start
@@ -246,7 +256,9 @@ def _set_up(images: str | os.PathLike | Sequence[str | os.PathLike], name: str, 
     dream_recipe = resolve(preset, "dream", validation, unlock=list(validation or {}))
     seeds = parse_seeds(s.validation_seeds) if s.validation_seeds.strip() else []
     run_dir = run_dir_for(name, models_dir)
-    resume_from, skipped = _preflight(name, run_dir, s, resume)
+    resume_from, skipped = resume_point(name, run_dir, resume)
+    if _uses_prior(s) and not s.class_prompt.strip():
+        raise TrainError("Prior preservation needs a class prompt (e.g. 'a photo of a person').")
 
     group = join(device)  # one process without a launcher: no collective at all
     dev = group.device if group.device is not None else pick_device(device)
@@ -272,15 +284,22 @@ def _set_up(images: str | os.PathLike | Sequence[str | os.PathLike], name: str, 
                scaler, live, MicroLoss(s, model, tr, inst, prior, dev, dtype, group),
                LossLog(run_dir / "logs" / LOG_NAME))
     run.start = _start_at(run, resume_from, data.report, photos)
+    run.resume_from = resume_from
     if changed is not None and group.is_main:
         record_photo_change(run_dir, run.start, changed, photos)
         if any(changed.values()):
             notices.append(f"The photos changed since step {run.start} (" + "; ".join(
                 f"{k}: {', '.join(v)}" for k, v in changed.items() if v) + "); run.json records it.")
     group.barrier()  # the run folder is set up before anyone trains
-    if run.start >= run.total:
-        raise TrainError(f"Run '{name}' is already at step {run.start} of {run.total}; raise max_train_steps "
-                         "to continue.")
+    if resume_from is not None and group.is_main:
+        run.left = left_out(run_dir, seeds, run.start)
+    if run.start > run.total or (run.start == run.total and not group.any(bool(run.left))):
+        raise TrainError(f"Run '{name}' is already at step {run.start} of {run.total}"
+                         f"{' and complete' if run.start == run.total else ''}; raise max_train_steps to continue.")
+    if run.left:
+        notices.append(f"Run '{name}' has already trained its {run.total} steps; completing what the interrupted "
+                       f"run left out ({run.left.describe()}) without training more." if run.start == run.total else
+                       f"Completing what the interrupted run left out ({run.left.describe()}) before training on.")
     started = Started(run.start, run.total, run_dir.resolve(), run.start if resume_from is not None else None,
                       tuple(data.report))
     return run, [started, *(Notice(run.start, run.total, n) for n in (notices if group.is_main else ()))]
@@ -288,32 +307,6 @@ def _set_up(images: str | os.PathLike | Sequence[str | os.PathLike], name: str, 
 
 def _uses_prior(s: TrainSettings) -> bool:
     return s.mode == "prior" or s.prior_preservation
-
-
-def _preflight(name: str, run_dir: Path, s: TrainSettings, resume: bool) -> tuple[Path | None, list[str]]:
-    """The checks that need no model; returns the checkpoint to resume from (None: a new run) and
-    the notices about newer checkpoints found damaged (moved aside as ``damaged-step-XXXX``)."""
-    if resume:
-        ckpt.remove_leftovers(run_dir)  # temporary folders of writes a crash cut short
-    existing = ckpt.list_checkpoints(run_dir)
-    resume_from, skipped = ckpt.newest_intact(run_dir) if resume else (None, [])
-    if existing and not resume:
-        raise TrainError(f"Run '{name}' already exists with {len(existing)} checkpoint(s) (last: step "
-                         f"{existing[-1][0]}); resume it or choose another name.")
-    if resume and resume_from is None and skipped:
-        path, why = skipped[0]
-        raise TrainError(f"Run '{name}' cannot resume: checkpoint {path.name} is damaged ({why}) and no earlier "
-                         "checkpoint has an intact resume state; start the run again under another name.")
-    if resume and resume_from is None:
-        raise TrainError(f"Run '{name}' has no checkpoint with a resume state to continue from.")
-    if _uses_prior(s) and not s.class_prompt.strip():
-        raise TrainError("Prior preservation needs a class prompt (e.g. 'a photo of a person').")
-    notes = []
-    for path, why in skipped:  # later steps are written again from the resumed one
-        aside = ckpt.set_aside(path) if is_main_process() else None
-        notes.append(f"Checkpoint {path.name} is damaged ({why}); resuming from {resume_from.name}"
-                     + (f" (the damaged one is kept as {aside.name})." if aside else "."))
-    return resume_from, notes
 
 
 def _compute_dtype(s: TrainSettings, device: torch.device) -> torch.dtype:
@@ -371,15 +364,15 @@ def _batches(s: TrainSettings, tr: Trainables, live: SDModel, data: TrainingSet,
 
 
 def _start_at(run: _Run, resume_from: Path | None, report: list[str], photos: list[dict[str, Any]]) -> int:
-    """The step the run starts at. A resume restores its checkpoint and drops the log rows and renders
-    made after it; a new run starts its folder over (an attempt that saved no checkpoint) with run.json."""
+    """The step the run starts at. A resume drops the log rows and renders made after its checkpoint
+    (``_catch_up`` restores it); a new run starts its folder over (an attempt that saved no checkpoint)
+    with run.json."""
     if resume_from is not None:
-        start = _restore(resume_from, run.tr, run.optimizer, run.scaler)
+        start = step_of(resume_from)
         if run.group.is_main:
             run.log.truncate(start)
-            for f in (run.run_dir / "validation").glob("step*-seed*.png"):
-                m = re.match(r"step(\d+)-", f.name)
-                if m and int(m.group(1)) > start:
+            for step, files in validation_images(run.run_dir / "validation").items():
+                for f in files.values() if step > start else ():
                     f.unlink()  # rendered after the checkpoint by a run that did not get to save
         return start
     if run.group.is_main:
@@ -392,24 +385,6 @@ def _start_at(run: _Run, resume_from: Path | None, report: list[str], photos: li
             record["processes"] = run.group.size
         write_run_record(run.run_dir, record)
     return 0
-
-
-def _restore(path: Path, tr: Trainables, optimizer: torch.optim.Optimizer, scaler: Any) -> int:
-    """Load a checkpoint's resume state into the live run; returns its step."""
-    try:
-        masters, state = ckpt.read_resume(path)
-    except Exception as e:  # noqa: BLE001 - damaged between the check and the read: one sentence, not a traceback
-        raise TrainError(f"Checkpoint {path.name} of run '{path.parent.parent.name}' cannot be read "
-                         f"({str(e).splitlines()[0][:80] if str(e) else type(e).__name__}); resume again to fall "
-                         "back to an earlier checkpoint.") from None
-    with torch.no_grad():
-        for key, p in tr.params.items():
-            p.copy_(masters[key].to(p.device))
-    optimizer.load_state_dict(state["optimizer"])
-    if state["scaler"] is not None and scaler.is_enabled():
-        scaler.load_state_dict(state["scaler"])
-    ckpt.restore_rng_states(state["rng"])  # after the set-up's own draws (LoRA init): the saved streams go on
-    return int(state["step"])
 
 
 # ------------------------------------------------------------------------------------------- steps
@@ -504,20 +479,41 @@ def _save(run: _Run, step: int) -> Path:
 def _validate(run: _Run, step: int, checkpoint: Path | None) -> ValidationDone | None:
     """The main process renders the validation seeds with the live weights (``checkpoint``'s, or the base
     model's at step 0) and redraws the grid; everyone returns once it is done."""
-    done = None
-    if run.group.is_main:
-        ref = run.base
-        if checkpoint is not None:  # the PNGs' recipes name the checkpoint as a model, by its content hash
-            ref = ModelRef(source=str(checkpoint.resolve()), kind="checkpoint",
-                           sha256=checkpoint_sha256(checkpoint, run.base.sha256),
-                           label=f"{run.name} step {step}", checkpoint_step=step)
-        if run.seeds:
-            run.live.ref = ref
-            paths = render(run.live, run.dream_recipe, run.seeds, run.run_dir / "validation", step)
-            grid = write_grid(run.run_dir / "validation", run.seeds, run.recipe)
-            done = ValidationDone(step, run.total, tuple(paths), grid)
+    done = _render_row(run, step, checkpoint, run.seeds) if run.group.is_main and run.seeds else None
     run.group.barrier()  # the others wait while the main process renders
     return done
+
+
+def _render_row(run: _Run, step: int, checkpoint: Path | None, seeds: list[int]) -> ValidationDone:
+    """Render ``seeds`` of step ``step`` with the live weights and redraw the grid (the main process only)."""
+    ref = run.base
+    if checkpoint is not None:  # the PNGs' recipes name the checkpoint as a model, by its content hash
+        ref = ModelRef(source=str(checkpoint.resolve()), kind="checkpoint",
+                       sha256=checkpoint_sha256(checkpoint, run.base.sha256),
+                       label=f"{run.name} step {step}", checkpoint_step=step)
+    run.live.ref = ref
+    paths = render(run.live, run.dream_recipe, seeds, run.run_dir / "validation", step)
+    return ValidationDone(step, run.total, tuple(paths), write_grid(run.run_dir / "validation", run.seeds, run.recipe))
+
+
+def _catch_up(run: _Run) -> Iterator[TrainEvent]:
+    """A resume: the main process renders each row a killed run left out with its step's weights (step 0's are
+    the set-up's, as yet unrestored), redraws a stale grid and a missing plot; then everyone restores the
+    resumed checkpoint's state and returns once all is done."""
+    if run.group.is_main:
+        for step, path, seeds in run.left.rows:
+            why = load_params(path, run.tr) if path is not None else None
+            if why is None:
+                yield _render_row(run, step, path, seeds)
+            else:
+                yield Notice(run.start, run.total, f"Checkpoint {path.name} cannot be rendered ({why}); its "
+                                                   "validation row stays missing.")
+        if run.left.grid:
+            write_grid(run.run_dir / "validation", run.seeds, run.recipe)
+        if run.left.plot:
+            _plot(run)
+    ckpt.restore(run.resume_from, run.tr, run.optimizer, run.scaler)
+    run.group.barrier()
 
 
 def _finish(run: _Run, step: int, stopped: bool) -> Finished:

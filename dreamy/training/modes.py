@@ -20,6 +20,7 @@ from .optim import TrainSetupError, quiet_bitsandbytes
 UNET_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 TEXT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
 TOKEN_GROUP = "tokens"
+TOKEN_PARAM = "text_encoder.token_embedding"  # pivotal: the whole embedding matrix, of which the new rows learn
 _ADAPTER = "default"
 
 
@@ -124,6 +125,22 @@ class Trainables:
             parts["embeddings"] = {"clip_l": self.text_encoder.get_input_embeddings().weight[-n:].detach()}
         return parts
 
+    def params_from_parts(self, parts: dict[str, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """``checkpoint_parts`` read back: a checkpoint's stored tensors keyed like ``params`` (on the CPU).
+
+        Raises KeyError naming a tensor this run trains that ``parts`` lacks (another mode's checkpoint).
+        """
+        out = {}
+        for key in self.params:
+            module, name = key.split(".", 1)
+            if key == TOKEN_PARAM and self._orig_rows is not None:  # the base rows never change; the new ones are stored
+                out[key] = torch.cat([self._orig_rows.cpu(), parts["embeddings"]["clip_l"].float()])
+            elif f"lora_{module}" in parts:
+                out[key] = parts[f"lora_{module}"][name.replace(f".{_ADAPTER}.", ".")]
+            else:
+                out[key] = parts[module][name]
+        return out
+
 
 def lora_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     """LoRA tensors of a peft-injected module, keyed ``<module path>.lora_A.weight`` (adapter name dropped)."""
@@ -204,7 +221,7 @@ def setup_mode(unet: Any, text_encoder: Any, tokenizer: Any, s: TrainSettings) -
         tokens, orig = _add_tokens(tokenizer, text_encoder, s.num_new_tokens, s.seed)
         weight = text_encoder.get_input_embeddings().weight
         weight.requires_grad_(True)
-        params["text_encoder.token_embedding"] = weight
+        params[TOKEN_PARAM] = weight
         groups.append({"name": TOKEN_GROUP, "params": [weight], "lr": s.text_encoder_lr})
         pivot = int(s.ti_fraction * s.max_train_steps)
     return Trainables(s.mode, unet, text_encoder, tokenizer, params, groups, tokens, pivot, orig)

@@ -1,8 +1,9 @@
 """Prior preservation's class images: a folder the user gives, topped up with images of the base model.
 
-Missing images are generated before training, with the base model, the class prompt and the
-preset's DDIM sampler, each from its own seed, as ``class-NNNNN.png`` carrying its recipe; images
-already there are reused, so a second run (or a resumed one) generates nothing.
+Missing images are generated before training, with the base model, the class image prompt (else the
+class prompt), the class negative prompt and the preset's [dream] sampler, scheduler and prompt
+syntax, each from its own seed, as ``class-NNNNN.png`` carrying its recipe; images already there are
+reused, so a second run (or a resumed one) generates nothing. They are trained under the class prompt.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ def generate_class_images(
 ) -> Iterator[Path]:
     """Render the missing class images with the base model (live modules untouched), one by one."""
     recipe = resolve(preset, "dream", {
-        "prompt": s.class_prompt, "negative_prompt": "", "guidance": s.class_guidance, "steps": s.class_steps,
+        "prompt": s.class_image_prompt or s.class_prompt, "negative_prompt": s.class_negative_prompt,
+        "guidance": s.class_guidance, "steps": s.class_steps,
         "width": s.resolution, "height": s.resolution,
     }, unlock=True)
     recipe = recipe.replace(runtime={"class_image_for": "prior preservation"})

@@ -1,4 +1,4 @@
-"""A training run's folder: its name, ``models/<run>/run.json``, and whether it may be resumed."""
+"""A training run's folder: its name, ``models/<run>/run.json``, and whether (and from where) it may be resumed."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ from ..errors import TrainError
 from ..layout import RUN_NAME, models_root
 from ..paths import check_tree
 from ..recipes.recipe import ModelRef, Recipe
+from . import checkpoints as ckpt
+from .parallel import is_main_process
 
 # Settings a resumed run may change: they decide when to save and what to render, not what is learned.
 RESUMABLE_CHANGES = {"max_train_steps", "checkpointing_steps", "checkpoints_total_limit", "keep_resume_state",
@@ -61,6 +63,35 @@ def check_resumable(run_dir: Path, recipe: Recipe, base: ModelRef, processes: in
     if changed:
         raise TrainError(f"Run '{run_dir.name}' cannot resume with a different '{changed[0]}' "
                          f"({old.get(changed[0])!r} -> {new[changed[0]]!r}); only {', '.join(sorted(RESUMABLE_CHANGES))} may change.")
+
+
+def resume_point(name: str, run_dir: Path, resume: bool) -> tuple[Path | None, list[str]]:
+    """The checks of run ``name``'s checkpoints that need no model; returns the checkpoint to resume from (None:
+    a new run) and the notices about newer checkpoints found damaged (moved aside as ``damaged-step-XXXX``).
+
+    Raises TrainError: checkpoints exist and ``resume`` is False; ``resume`` with none intact to resume.
+    """
+    if resume:
+        ckpt.remove_leftovers(run_dir)  # temporary folders of writes a crash cut short
+    existing = ckpt.list_checkpoints(run_dir)
+    resume_from, skipped = ckpt.newest_intact(run_dir) if resume else (None, [])
+    if existing and not resume:
+        raise TrainError(f"Run '{name}' already exists with {len(existing)} checkpoint(s) (last: step "
+                         f"{existing[-1][0]}); resume it or choose another name.")
+    if resume and resume_from is None and skipped:
+        path, why = skipped[0]
+        raise TrainError(f"Run '{name}' cannot resume: checkpoint {path.name} is damaged ({why}) and no earlier "
+                         "checkpoint has an intact resume state; start the run again under another name.")
+    if resume_from is None:
+        if resume:
+            raise TrainError(f"Run '{name}' has no checkpoint with a resume state to continue from.")
+        return None, []
+    notes = []
+    for path, why in skipped:  # later steps are written again from the resumed one
+        aside = ckpt.set_aside(path) if is_main_process() else None
+        notes.append(f"Checkpoint {path.name} is damaged ({why}); resuming from {resume_from.name}"
+                     + (f" (the damaged one is kept as {aside.name})." if aside else "."))
+    return resume_from, notes
 
 
 # ------------------------------------------------------------------------------------------- photos

@@ -2,13 +2,15 @@
 
 The curation loop is "dream candidates, keep the good ones, train on them": ``add_to_training_set``
 copies chosen files into ``<root>/<set>/`` under safe names (an uploaded name can never escape the
-folder), ``inspect_training_set`` says, per file, what Train will do with it or why it cannot
+folder; a file Train would refuse is not copied), ``remove_from_training_set`` takes photos out again,
+``inspect_training_set`` says, per file, what Train will do with it or why it cannot
 (``training_set_report`` sums a set up by name), and ``train_on_set`` trains on one.
 """
 
 from __future__ import annotations
 
 import filecmp
+import glob
 import os
 import shutil
 import tempfile
@@ -88,16 +90,15 @@ def training_set_report(root: Path, name: str, resolution: int | None = None) ->
 def add_to_training_set(
     files: Sequence[str | os.PathLike], name: str, root: Path, *, resolution: int | None = None
 ) -> SetReport:
-    """Copy ``files`` into the set ``name`` (created if new; no files, nothing made); returns the set's
-    report (:func:`training_set_report`, checked at ``resolution`` if given) with ``added``, the files
-    now in the set, and ``notes`` on the skipped ones.
+    """Copy ``files`` into the set ``name`` (created if new; nothing kept, nothing made); returns the
+    set's report (:func:`training_set_report`, checked at ``resolution`` if given) with ``added``, the
+    files now in the set, and ``notes`` on the skipped ones: not images, and images Train would refuse
+    (:func:`dreamy.images.load_image`: corrupt, under 64 px, too many pixels), which are not copied.
 
     A file already in the set with the same bytes is not copied twice; a different file with the
     same name gets a numbered name. Copies are written to a temporary name and renamed.
     """
     folder = training_set_dir(root, name)
-    if files:
-        folder.mkdir(parents=True, exist_ok=True)
     added, notes = [], []
     for f in files:
         src = Path(f)
@@ -107,6 +108,14 @@ def add_to_training_set(
             notes.append(f"{target_name}: a {kind} picture under another suffix; rename it to .{kind.lower()}, skipped"
                          if kind else f"{target_name}: not an image file, skipped")
             continue
+        # What Train would refuse (corrupt, too small, a decompression bomb) is not copied in: a refused
+        # file kept in the set would be flagged on every look at the set and skipped by every run.
+        try:
+            load_image(src).image.close()
+        except ImageError as e:
+            notes.append(f"{target_name}: {str(e).removeprefix(f'{src.name}: ').rstrip('.')}, skipped")
+            continue
+        folder.mkdir(parents=True, exist_ok=True)  # only once a file is kept: refusals make no empty set
         target = folder / target_name
         stem, suffix = target.stem, target.suffix
         n = 1
@@ -127,6 +136,33 @@ def add_to_training_set(
     report = training_set_report(root, name, resolution)
     report.added, report.notes = added, notes
     return report
+
+
+def remove_from_training_set(
+    root: Path, name: str, files: Sequence[str], *, resolution: int | None = None
+) -> SetReport:
+    """Delete ``files`` (names of files in the set ``name``, as its report lists them) from the set;
+    returns the set's report (:func:`training_set_report`). A photo's caption (``<stem>.txt``) goes
+    with it unless another image of the set shares the stem.
+
+    Every name is checked before anything is deleted: a name that is not a file directly in the set
+    (a path, a folder, a file not there) refuses the whole call as TrainDataError.
+    """
+    folder = training_set_dir(root, name)
+    targets = []
+    for f in dict.fromkeys(files):  # each name once, in the order given
+        entry = str(f)
+        target = folder / entry
+        if not entry or entry != Path(entry).name or not target.is_file():
+            raise TrainDataError(f"Training set '{folder.name}' has no photo named '{entry[:60]}'.")
+        targets.append(target)
+    for target in targets:
+        target.unlink()
+        caption = target.with_suffix(".txt")
+        others = [p for p in folder.glob(f"{glob.escape(target.stem)}.*") if p != caption and is_image_name(p)]
+        if target.suffix.lower() != ".txt" and caption.is_file() and not others:
+            caption.unlink()
+    return training_set_report(root, name, resolution)
 
 
 def train_on_set(root: Path, set_name: str, **train_kwargs: Any) -> Iterator[TrainEvent]:

@@ -48,15 +48,16 @@ def render_seeds(model: SDModel, recipe: Recipe, seeds: Sequence[int]) -> Iterat
     try:
         base = recipe.replace(model=model.ref, runtime={**runtime_info(model.device, model.dtype), **recipe.runtime})
         s = base.settings
-        cuts, _ = prompt_cuts(model, s.prompt, s.negative_prompt)  # logged; recorded in each PNG's recipe
+        cuts, _ = prompt_cuts(model, s.prompt, s.negative_prompt, s.prompt_syntax)  # logged; in each PNG's recipe
         if cuts:
             base = base.replace(runtime={**base.runtime, **cuts})
         with autocast_for(model.device, model.dtype):
-            cond = encode_prompt(model, s.prompt)
-            uncond = encode_prompt(model, s.negative_prompt)
+            cond = encode_prompt(model, s.prompt, s.prompt_syntax)
+            uncond = encode_prompt(model, s.negative_prompt, s.prompt_syntax)
         for seed in seeds:
             with autocast_for(model.device, model.dtype):
-                latents = denoise(model, base, initial_noise(model, seed, s.width, s.height), cond, uncond)
+                latents = denoise(model, base, initial_noise(model, seed, s.width, s.height), cond, uncond,
+                                  seeds=[seed])
             images, upcast = decode(model, latents.to(model.vae.dtype))  # outside autocast: fp32 fall-back works
             r = base.replace(seed=seed)
             if upcast:
@@ -81,13 +82,29 @@ def _at_step(ref, step: int):
     return ref if ref.checkpoint_step is not None else replace(ref, checkpoint_step=step)
 
 
-def write_grid(validation_dir: Path, seeds: Sequence[int], recipe: Recipe | None = None, cell: int = 256) -> Path:
-    """The checkpoint x seed grid from the validation PNGs on disk: one row per step, one column per seed."""
+def validation_images(validation_dir: Path) -> dict[int, dict[int, Path]]:
+    """The validation PNGs on disk: step -> seed -> file."""
     found: dict[int, dict[int, Path]] = {}
-    for f in validation_dir.glob("step*-seed*.png"):
+    for f in Path(validation_dir).glob("step*-seed*.png"):
         m = _NAME.fullmatch(f.name)
         if m:
             found.setdefault(int(m.group(1)), {})[int(m.group(2))] = f
+    return found
+
+
+def grid_rows(validation_dir: Path) -> dict[str, list[int]] | None:
+    """What the grid on disk shows (``{"steps": [...], "seeds": [...]}``), or None if there is no readable grid."""
+    try:
+        with Image.open(Path(validation_dir) / GRID_NAME) as im:
+            info = json.loads(im.text["dreamy_grid"])
+    except (OSError, KeyError, ValueError, AttributeError):
+        return None
+    return info if isinstance(info, dict) else None
+
+
+def write_grid(validation_dir: Path, seeds: Sequence[int], recipe: Recipe | None = None, cell: int = 256) -> Path:
+    """The checkpoint x seed grid from the validation PNGs on disk: one row per step, one column per seed."""
+    found = validation_images(validation_dir)
     steps = sorted(found)
     if steps:  # never blow small renders up; they stay pixel-exact in the grid
         with Image.open(next(iter(found[steps[0]].values()))) as first:
