@@ -9,11 +9,12 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import gradio as gr
 
 from dreamy.errors import DreamyError
-from dreamy.layout import checkpoints
+from dreamy.layout import checkpoints, step_of
 from dreamy.paths import check_name, within
 from dreamy.recipes.presets import list_presets, load_preset
 from dreamy.recipes.settings import DreamSettings, TrainSettings
@@ -266,9 +267,7 @@ def build(studio: Studio) -> TrainTab:
                         elif isinstance(ev, CheckpointSaved | Notice):
                             lines.append(ev.describe())
                         elif isinstance(ev, Finished):
-                            head = (f"{'Stopped' if ev.stopped else 'Finished'} at step {ev.step} of {ev.total}. "
-                                    f"Dream with it: pick **{name.strip()} · step {ev.step}** in the Dream tab, "
-                                    "or its run in *Checkpoint × seed grid*.")
+                            head = _finished_line(ev, name.strip())
                             lines.append(ev.describe())
                         last = time.monotonic()
                         yield head, _loss_frame(rows), grid_path, "\n".join(lines)
@@ -284,7 +283,8 @@ def build(studio: Studio) -> TrainTab:
         """Stop this session's training after the current step; a checkpoint is saved. With nothing
         running, the status stays as it is ("Finished at step 16…", or "Not running…")."""
         if studio.stop(request, ["train"]):
-            return "Stopping after this step; a checkpoint will be saved…"
+            return ("Stopping: the step or validation picture in progress ends first, then the steps trained "
+                    "are saved as a checkpoint…")
         return shown if isinstance(shown, str) and shown else IDLE
 
     def export_run(run_name: str, step: str | None, what: str):
@@ -403,3 +403,13 @@ def _set_names(studio: Studio) -> list[str]:
         return list_training_sets(studio.training_sets)
     except DreamyError:  # training-sets/ leads out of outputs/: no sets to offer (each use says why)
         return []
+
+
+def _finished_line(ev: Any, run: str) -> str:
+    """What a run's end offers: only a checkpoint that exists (a Stop before the first step saves none)."""
+    said = f"{'Stopped' if ev.stopped else 'Finished'} at step {ev.step} of {ev.total}."
+    at = step_of(ev.checkpoint) if ev.checkpoint is not None else None
+    if at is None:
+        return f"{said} No checkpoint was saved (no step was trained yet); press Start to train."
+    return (f"{said} Dream with it: pick **{run} · step {at}** in the Dream tab, "
+            "or its run in *Checkpoint × seed grid*.")

@@ -127,3 +127,49 @@ def test_a_checkpoint_without_its_resume_state_loads_its_fp16_parts_into_the_liv
         if key == TOKEN_PARAM:  # pivotal: the new rows are stored, CLIP's own vocabulary is the base's (fp32)
             want[: -len(tr.tokens)] = masters[key][: -len(tr.tokens)]
         assert torch.equal(p.detach(), want), key
+
+
+def test_stop_cuts_a_validation_render_short_and_promises_no_checkpoint_that_does_not_exist(tmp_path, monkeypatch):
+    """Issue #17 bug 4: Stop during the step-0 renders waited for the whole row and then offered 'step 0'.
+    Now the render ends at its next denoising step; with no step trained there is no checkpoint, and a Stop
+    during a later row keeps the checkpoint of that step and leaves the rest of the row to the resume."""
+    from dreamy.events import CancelToken
+    from dreamy.training import train
+    from dreamy.training import validation as validation_module
+
+    images = photos(tmp_path / "photos", n=2)
+    token = CancelToken()
+    token.cancel()  # pressed while the base model's row renders
+    events = list(train(images, name="early", base="tiny", models_dir=tmp_path / "m", cancel=token, unlock=True,
+                        overrides={"validation_seeds": "3,4", "checkpointing_steps": 2, "max_train_steps": 4,
+                                   "resolution": 64, "train_batch_size": 1},
+                        validation={"width": 64, "height": 64, "steps": 4}))
+    end = events[-1]
+    assert isinstance(end, Finished) and end.stopped and end.step == 0 and end.checkpoint is None
+    assert not any(isinstance(e, ValidationDone | StepDone | CheckpointSaved) for e in events)
+    assert list_checkpoints(tmp_path / "m" / "early") == []
+
+    saved = validation_module.save_png
+    token = CancelToken()
+
+    def first_then_stop(image, path, recipe, **kw):  # Stop pressed while step 2's first seed is being saved
+        if "step000002" in path.name:
+            token.cancel()
+        return saved(image, path, recipe, **kw)
+
+    monkeypatch.setattr(validation_module, "save_png", first_then_stop)
+    events = list(train(images, name="late", base="tiny", models_dir=tmp_path / "m", cancel=token, unlock=True,
+                        overrides={"validation_seeds": "3,4", "checkpointing_steps": 2, "max_train_steps": 4,
+                                   "resolution": 64, "train_batch_size": 1},
+                        validation={"width": 64, "height": 64, "steps": 4}))
+    run_dir = tmp_path / "m" / "late"
+    end = events[-1]
+    assert end.stopped and end.step == 2 and end.checkpoint == list_checkpoints(run_dir)[-1][1]
+    assert val(run_dir, 2, 3).is_file() and not val(run_dir, 2, 4).exists()  # the row was cut short
+    assert not any(isinstance(e, StepDone) and e.step > 2 for e in events)
+    monkeypatch.setattr(validation_module, "save_png", saved)
+    resumed = list(train(images, name="late", base="tiny", models_dir=tmp_path / "m", resume=True, unlock=True,
+                         overrides={"validation_seeds": "3,4", "checkpointing_steps": 2, "max_train_steps": 4,
+                                    "resolution": 64, "train_batch_size": 1},
+                         validation={"width": 64, "height": 64, "steps": 4}))
+    assert val(run_dir, 2, 4).is_file() and resumed[-1].step == 4 and not resumed[-1].stopped

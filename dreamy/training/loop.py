@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from ..errors import Cancelled
 from ..events import CancelToken
 from ..layout import step_of
 from ..models.checkpoints import checkpoint_sha256
@@ -80,6 +81,7 @@ class _Run:
     start: int = 0  # the step this call starts at: 0, or the resumed checkpoint's
     resume_from: Path | None = None  # the checkpoint whose resume state ``_catch_up`` restores
     left: LeftOut = field(default_factory=LeftOut)  # what a killed run left out up to ``start``
+    cancel: CancelToken | None = None  # Stop: ends the step or validation render in progress
 
     @property
     def total(self) -> int:
@@ -142,8 +144,10 @@ def train(
         device: ``"cuda"``, ``"cpu"``, ... or None for the best one here.
         validation: [dream] overrides for the validation renders only (e.g. a smaller size on a
             CPU); they need no unlock and are recorded in each PNG's recipe.
-        cancel: once set, the current step finishes, a checkpoint is saved and the generator ends
-            with ``Finished(stopped=True)``; continue later with ``resume=True``.
+        cancel: once set, the current step finishes (a validation render in progress ends at its
+            next denoising step, its row left for the resume to finish), a checkpoint of the steps
+            done is saved (none when no step was trained: ``Finished.checkpoint`` is then None) and
+            the generator ends with ``Finished(stopped=True)``; continue later with ``resume=True``.
         allow_changed_photos: resume although the photos differ from those run.json recorded (added,
             removed or changed); run.json records the change and the step it happened at.
 
@@ -284,6 +288,7 @@ def _set_up(images: str | os.PathLike | Sequence[str | os.PathLike], name: str, 
                scaler, live, MicroLoss(s, model, tr, inst, prior, dev, dtype, group),
                LossLog(run_dir / "logs" / LOG_NAME))
     run.start = _start_at(run, resume_from, data.report, photos)
+    run.cancel = cancel
     run.resume_from = resume_from
     if changed is not None and group.is_main:
         record_photo_change(run_dir, run.start, changed, photos)
@@ -478,13 +483,20 @@ def _save(run: _Run, step: int) -> Path:
 
 def _validate(run: _Run, step: int, checkpoint: Path | None) -> ValidationDone | None:
     """The main process renders the validation seeds with the live weights (``checkpoint``'s, or the base
-    model's at step 0) and redraws the grid; everyone returns once it is done."""
-    done = _render_row(run, step, checkpoint, run.seeds) if run.group.is_main and run.seeds else None
+    model's at step 0) and redraws the grid; everyone returns once it is done. A Stop cuts the render
+    short (None): the loop then stops, and a resume renders what is missing."""
+    done = None
+    if run.group.is_main and run.seeds:
+        try:
+            done = _render_row(run, step, checkpoint, run.seeds, run.cancel)
+        except Cancelled:
+            pass
     run.group.barrier()  # the others wait while the main process renders
     return done
 
 
-def _render_row(run: _Run, step: int, checkpoint: Path | None, seeds: list[int]) -> ValidationDone:
+def _render_row(run: _Run, step: int, checkpoint: Path | None, seeds: list[int],
+                cancel: CancelToken | None = None) -> ValidationDone:
     """Render ``seeds`` of step ``step`` with the live weights and redraw the grid (the main process only)."""
     ref = run.base
     if checkpoint is not None:  # the PNGs' recipes name the checkpoint as a model, by its content hash
@@ -492,7 +504,7 @@ def _render_row(run: _Run, step: int, checkpoint: Path | None, seeds: list[int])
                        sha256=checkpoint_sha256(checkpoint, run.base.sha256),
                        label=f"{run.name} step {step}", checkpoint_step=step)
     run.live.ref = ref
-    paths = render(run.live, run.dream_recipe, seeds, run.run_dir / "validation", step)
+    paths = render(run.live, run.dream_recipe, seeds, run.run_dir / "validation", step, cancel)
     return ValidationDone(step, run.total, tuple(paths), write_grid(run.run_dir / "validation", run.seeds, run.recipe))
 
 
