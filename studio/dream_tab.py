@@ -21,11 +21,12 @@ from .errors import on_gpu, user_errors
 from .gallery import stream_into_gallery
 from .session import GPU, Studio
 from .typed import typed
-from .widgets import as_int, field_widget, lock_toggled, locked_updates, overrides_from, preset_description
+from .widgets import as_int, lock_toggled, locked_updates, overrides_from, preset_description, preset_widget
 
 FIELDS = ["prompt", "negative_prompt", "guidance", "steps", "width", "height"]
 DREAM_JOBS = ("dream", "sweep", "grid", "recall")
 SEEDS_HELP = "7 · 0-15 · 1,5,9 · 100-200:10"
+PRESET = "biased-dreams"  # the preset the tab opens with
 
 
 @dataclass
@@ -41,8 +42,22 @@ class DreamTab:
     init_outputs: list
 
 
+SD15_DOWNLOAD = "SD 1.5 (download, ~4.3 GB, CreativeML OpenRAIL-M)"  # fp32 unet, vae, text encoder
+SD15_ABSENT = "SD 1.5 (not on this machine)"
+
+
+def sd15_label(studio: Studio) -> str:
+    """Stable Diffusion 1.5 as the model list shows it: whether picking it means a download first."""
+    from dreamy.models.hub import offline
+    from dreamy.models.sources import on_this_machine
+
+    if on_this_machine(DEFAULT_MODEL):
+        return "Stable Diffusion 1.5"
+    return SD15_ABSENT if studio.shared or offline() else SD15_DOWNLOAD
+
+
 def model_choices(studio: Studio) -> list[tuple[str, str]]:
-    base = [("tiny (offline demo)", "tiny"), ("Stable Diffusion 1.5", DEFAULT_MODEL)]
+    base = [("tiny (offline demo)", "tiny"), (sd15_label(studio), DEFAULT_MODEL)]
     for extra in (studio.default_model, *studio.extra_models):
         if extra not in (v for _, v in base):
             base.append((extra, extra))
@@ -55,10 +70,10 @@ def build(studio: Studio) -> DreamTab:
         with gr.Column(scale=2, min_width=360):
             with gr.Row():
                 model = gr.Dropdown(model_choices(studio), value=studio.default_model, label="Model",
-                                    allow_custom_value=True, scale=3,  # checked by studio.model_source
+                                    allow_custom_value=True, scale=3, elem_id="dream-model",  # studio.model_source checks
                                     info="base, a trained model, or one checkpoint of a run")
-                preset = gr.Dropdown(list_presets(), value="biased-dreams", label="Preset", scale=2)
-            description = gr.Markdown(preset_description("biased-dreams"), elem_classes="dreamy-note")
+                preset = gr.Dropdown(list_presets(), value=PRESET, label="Preset", scale=2)
+            description = gr.Markdown(preset_description(PRESET), elem_classes="dreamy-note")
             with gr.Row():
                 seeds = gr.Textbox("0-3", label="Seeds", info=SEEDS_HELP, scale=2, elem_id="dream-seeds")
                 batch = gr.Slider(1, 16, value=1, step=1, label="Batch size", info="GPU speed only; images do not change",
@@ -66,11 +81,13 @@ def build(studio: Studio) -> DreamTab:
             unlock = gr.Checkbox(False, label="Unlock the preset's locked settings (recorded in every image)",
                                  elem_id="dream-unlock")
             with gr.Group():
-                prompt = field_widget(DreamSettings, "prompt", lines=2, elem_id="dream-prompt")
-                negative = field_widget(DreamSettings, "negative_prompt", elem_id="dream-negative_prompt")
+                # the preset's values from the start: also the API's defaults (widgets.preset_widget)
+                prompt = preset_widget(DreamSettings, "prompt", PRESET, "dream", lines=2, elem_id="dream-prompt")
+                negative = preset_widget(DreamSettings, "negative_prompt", PRESET, "dream",
+                                         elem_id="dream-negative_prompt")
                 with gr.Row():
                     guidance, steps, width, height = (
-                        field_widget(DreamSettings, n, min_width=80, elem_id=f"dream-{n}")
+                        preset_widget(DreamSettings, n, PRESET, "dream", min_width=80, elem_id=f"dream-{n}")
                         for n in ("guidance", "steps", "width", "height"))
             fields = [prompt, negative, guidance, steps, width, height]
             with gr.Row():
@@ -93,17 +110,17 @@ def build(studio: Studio) -> DreamTab:
                 gr.Markdown("Dreams the seeds above on every checkpoint of a training run (rows) with this preset.",
                             elem_classes="dreamy-note")
                 with gr.Row():
-                    run = gr.Dropdown(runs(studio.models), label="Training run", scale=3,
+                    run = gr.Dropdown(runs(studio.models), label="Training run", scale=3, elem_id="dream-run",
                                       allow_custom_value=True)  # checked: must lie inside models/
                     which = gr.Textbox("all", label="Checkpoints", info="all, or steps: 200,400 · 0-1200:200", scale=2)
-                grid_go = gr.Button("Dream the grid", variant="primary")
+                grid_go = gr.Button("Dream the grid", variant="primary", elem_id="dream-grid-go")
                 grid_img = gr.Image(label="Checkpoints × seeds", type="filepath", format="png", interactive=False)
             with gr.Accordion("Prompt sweep: variants × seeds", open=False):
                 gr.Markdown("One prompt per line; `{prompt}` stands for the preset's prompt. Changing the prompt "
                             "needs the preset unlocked, and every image records it.", elem_classes="dreamy-note")
-                variants = gr.Textbox(lines=4, label="Prompt variants",
+                variants = gr.Textbox("", lines=4, label="Prompt variants", elem_id="dream-variants",
                                       placeholder="{prompt}, by J. M. W. Turner\n{prompt}, by Hiroshi Yoshida")
-                sweep_go = gr.Button("Sweep the prompts", variant="primary")
+                sweep_go = gr.Button("Sweep the prompts", variant="primary", elem_id="dream-sweep-go")
                 sweep_img = gr.Image(label="Variants × seeds", type="filepath", format="png", interactive=False)
         with gr.Column(scale=3, min_width=420):
             gallery = gr.Gallery(label="Dreams", format="png", columns=4, height=480, object_fit="contain",
@@ -130,6 +147,7 @@ def build(studio: Studio) -> DreamTab:
         with user_errors("dream"):
             source = studio.model_source(model)
             bs = as_int(batch_size, "Batch size")
+            on_disk(studio, source, progress)
             overrides = overrides_from(FIELDS, (prompt, negative_prompt, guidance, steps, width, height))
             yield from stream_into_gallery(
                 studio, request, "dream", "dream",
@@ -137,7 +155,8 @@ def build(studio: Studio) -> DreamTab:
                                                 unlock=unlock, batch_size=bs, keep_loaded=True, cancel=token,
                                                 on_progress=lambda e: progress(e.fraction, desc=e.message)),
                 caption=lambda r: (r.path, f"seed {r.seed}"),
-                label=lambda r: f" · {r.recipe.model.label}" if r.recipe.model.kind == "tiny" else "")
+                label=lambda r: f" · {r.recipe.model.label}" if r.recipe.model.kind == "tiny" else "",
+                batch=bs)  # one gallery update per batch decoded, not one per picture
 
     def prompt_sweep(model: str, preset: str, seeds: str, unlock: bool, variants: str, negative_prompt: str,
                      guidance: float, steps: float, width: float, height: float,
@@ -147,6 +166,7 @@ def build(studio: Studio) -> DreamTab:
 
         with user_errors("sweep"):
             source = studio.model_source(model)
+            on_disk(studio, source, progress)
             overrides = overrides_from(FIELDS[1:], (negative_prompt, guidance, steps, width, height))
             for update in stream_into_gallery(
                     studio, request, "sweep", "prompt-sweep",
@@ -169,13 +189,20 @@ def build(studio: Studio) -> DreamTab:
             overrides = overrides_from(FIELDS, (prompt, negative_prompt, guidance, steps, width, height))
             with studio.job_folder("checkpoint-grid") as out, studio.running(request, "grid") as token:
                 try:
+                    # the base row's source comes from the run's run.json: vetted like a picked model
                     drawn = sweep(str(folder), preset, seeds, out, checkpoints=checkpoints.strip() or None,
-                                  overrides=overrides, unlock=unlock,
+                                  overrides=overrides, unlock=unlock, check_source=studio.model_source,
                                   on_progress=lambda e: progress(e.fraction, desc=e.message), cancel=token)
                 except Cancelled:
-                    return None, None, f"Stopped; the finished images are kept in `{studio.where(out)}`."
+                    said = f"Stopped; the finished images are kept in `{studio.where(out)}`."
+                    studio.record(request, "grid", (said, None))  # the browser cancels this event: Stop shows it
+                    return [], None, said, [], None, None
             grid_path = str(drawn["grid"] or drawn["sheets"][0])  # one checkpoint: its contact sheet is the grid
-            return grid_path, grid_path, f"Grid of {folder.name} · `{studio.where(out)}`"
+            # the cells become the gallery, so a cell can be picked and sent on (Enlarge, a training set)
+            cells = [(str(c["path"]), f"{c['row']} · seed {c['seed']}") for c in drawn["cells"]]
+            notes = "".join(f"\n\n⚠ {n}" for n in drawn["notes"])
+            status = f"Grid of {folder.name}: {len(cells)} images · `{studio.where(out)}`{notes}"
+            return cells, grid_path, status, [c[0] for c in cells], None, grid_path
 
     def read_recipe(png: str | None) -> str:
         """What a PNG (or a JPEG/WebP) says about how it was made: a Dreamy recipe, or another tool's
@@ -248,7 +275,7 @@ def build(studio: Studio) -> DreamTab:
     ins = [model, preset, seeds, unlock, variants, *fields[1:]]
     sweep_ev = sweep_go.click(on_gpu(typed(prompt_sweep, ins)), ins, [*outs, sweep_img], api_name="prompt_sweep", **gpu)
     ins = [run, which, preset, seeds, unlock, *fields]
-    grid_ev = grid_go.click(on_gpu(typed(checkpoint_grid, ins)), ins, [grid_img, sheet, status],
+    grid_ev = grid_go.click(on_gpu(typed(checkpoint_grid, ins)), ins, [*outs, grid_img],
                             api_name="checkpoint_grid", **gpu)
     recall_ev = recall_go.click(on_gpu(recall), [recall_png], [recall_out, status], api_name="recall", **gpu)
     def stop_jobs(request: gr.Request):
@@ -272,7 +299,7 @@ def build(studio: Studio) -> DreamTab:
     add.click(add_to_set, [paths, selected, set_name], status, api_visibility="private")
     grow.click(grow_prompt, [word, unlock], [prompt, status], api_visibility="private")
     def init():
-        return locked_updates("biased-dreams", "dream", FIELDS, False)
+        return locked_updates(PRESET, "dream", FIELDS, False)
 
     return DreamTab(model, run, paths, selected, send_enlarge, send_particles, send, init, fields)
 
@@ -280,6 +307,20 @@ def build(studio: Studio) -> DreamTab:
 def refresh_pickers(studio: Studio):
     """New runs and checkpoints appear in the pickers (after training, or on page load)."""
     return gr.update(choices=model_choices(studio)), gr.update(choices=runs(studio.models))
+
+
+def on_disk(studio: Studio, source: str, progress: gr.Progress) -> None:
+    """A hub model that is not on this machine yet is downloaded first, with its own progress; a
+    shared studio downloads nothing (its visitors must not fill its disk), and says so."""
+    from dreamy.models.sources import download_model, on_this_machine
+
+    if on_this_machine(source):
+        return
+    if studio.shared:
+        name = "Stable Diffusion 1.5" if source == DEFAULT_MODEL else f"'{source}'"
+        raise gr.Error(f"{name} is not on this machine, and a shared studio downloads nothing; whoever runs it "
+                       "can download it by picking it once in a studio of their own (without --share).")
+    download_model(source, on_progress=lambda e: progress(e.fraction, desc=e.message))
 
 
 def _allowed(studio: Studio, source: str) -> bool:

@@ -19,8 +19,10 @@ from dreamy.recipes.settings import EnlargeSettings
 from .errors import on_gpu, user_errors
 from .session import GPU, Studio
 from .typed import typed
-from .widgets import field_widget, lock_toggled, locked_updates, overrides_from, preset_description
+from .widgets import lock_toggled, locked_updates, overrides_from, preset_description, preset_widget
 
+PRESET = "biased-dreams"  # the preset the tab opens with
+STOPPED = "Stopped; nothing was saved."
 FIELDS = ["supir_model", "upscale", "steps", "s_cfg", "spt_linear_cfg", "control_scale", "s_stage1", "s_churn",
           "s_noise", "color_fix", "positive_prompt", "negative_prompt"]
 
@@ -38,22 +40,26 @@ def build(studio: Studio) -> EnlargeTab:
             # image_mode=None: Gradio hands over the uploaded file itself, unconverted (its default, RGB,
             # would flatten a cut-out on black and clip 16 bits); the core reads it as the CLI does.
             image = gr.Image(label="Picture to enlarge (from Dream, or upload)", type="filepath", format="png",
-                             image_mode=None, sources=["upload", "clipboard"], height=300)
-            preset = gr.Dropdown(list_presets(), value="biased-dreams", label="Preset")
-            description = gr.Markdown(preset_description("biased-dreams"), elem_classes="dreamy-note")
+                             image_mode=None, sources=["upload", "clipboard"], height=300, elem_id="enlarge-image")
+            preset = gr.Dropdown(list_presets(), value=PRESET, label="Preset")
+            description = gr.Markdown(preset_description(PRESET), elem_classes="dreamy-note")
             gr.Markdown("SUPIR's weights (v0Q, v0F) are licensed for **non-commercial use only**.",
                         elem_classes="dreamy-note")
-            unlock = gr.Checkbox(False, label="Unlock the preset's locked SUPIR settings (recorded in the PNG)")
-            with gr.Group():
+            unlock = gr.Checkbox(False, label="Unlock the preset's locked SUPIR settings (recorded in the PNG)",
+                                 elem_id="enlarge-unlock")
+            with gr.Group():  # the preset's values from the start: also the API's defaults (preset_widget)
                 with gr.Row():
-                    widgets = {n: field_widget(EnlargeSettings, n, min_width=100) for n in FIELDS[:5]}
+                    widgets = {n: preset_widget(EnlargeSettings, n, PRESET, "enlarge", min_width=100,
+                                                elem_id=f"enlarge-{n}") for n in FIELDS[:5]}
                 with gr.Row():
-                    widgets |= {n: field_widget(EnlargeSettings, n, min_width=100) for n in FIELDS[5:10]}
-                widgets |= {n: field_widget(EnlargeSettings, n) for n in FIELDS[10:]}
+                    widgets |= {n: preset_widget(EnlargeSettings, n, PRESET, "enlarge", min_width=100,
+                                                 elem_id=f"enlarge-{n}") for n in FIELDS[5:10]}
+                widgets |= {n: preset_widget(EnlargeSettings, n, PRESET, "enlarge", elem_id=f"enlarge-{n}")
+                            for n in FIELDS[10:]}
             fields = [widgets[n] for n in FIELDS]
             with gr.Row():
                 go = gr.Button("Enlarge", variant="primary", elem_id="enlarge-go")
-                stop = gr.Button("Stop", variant="stop")
+                stop = gr.Button("Stop", variant="stop", elem_id="enlarge-stop")
         with gr.Column(scale=3, min_width=420):
             slider = gr.ImageSlider(label="Before / after", type="filepath", format="png", height=520)
             status = gr.Markdown(elem_id="enlarge-status")
@@ -65,33 +71,49 @@ def build(studio: Studio) -> EnlargeTab:
                 request: gr.Request, progress=gr.Progress()):
         """Enlarge a picture with SUPIR and the preset's locked settings; returns before/after and the PNG."""
         with user_errors("enlarge"):
-            from dreamy.enlarging import enlarge as core_enlarge
-
             if not image:
                 raise gr.Error("Choose a picture first: send one from Dream, or upload one.")
             values = (supir_model, upscale, steps, s_cfg, spt_linear_cfg, control_scale, s_stage1, s_churn, s_noise,
                       color_fix, positive_prompt, negative_prompt)
             with studio.job_folder("enlarge") as out, studio.running(request, "enlarge") as token:
                 try:
+                    # imported once Stop can reach the job: the first import takes seconds
+                    from dreamy.enlarging import enlarge as core_enlarge
+
                     result = core_enlarge(image, preset, overrides=overrides_from(FIELDS, values), unlock=unlock,
                                           out_dir=out, on_progress=lambda e: progress(e.fraction, desc=e.message),
                                           cancel=token)
                 except Cancelled:
-                    return None, "Stopped.", None
+                    studio.record(request, "enlarge", (STOPPED,))  # for the Stop button, which waits for it
+                    return None, STOPPED, None
             # before = the input after SUPIR's own Lanczos upscale, so the slider compares like with like
-            notes = f" · {'; '.join(result.notes)}" if result.notes else ""
-            return (result.upscaled, str(result.path)), f"Enlarged · `{result.path.name}`{notes}", str(result.path)
+            model = result.recipe.model
+            demo = f" with the {model.label}" if model is not None and model.kind == "tiny" else ""
+            notes = "".join(f"\n\n⚠ {n}" for n in result.notes)
+            return (result.upscaled, str(result.path)), f"Enlarged{demo} · `{result.path.name}`{notes}", str(result.path)
 
-    def stop_job(request: gr.Request) -> str:
-        """Stop this session's enlargement at its next step."""
-        return "Stopping…" if studio.stop(request, ["enlarge"]) else "Nothing of yours is running."
+    def stop_job(request: gr.Request):
+        """Stop this session's enlargement at its next step, and say how it ended once it has.
+
+        The enlargement answers too (its status is not dropped: no cancels=); both say the same, so
+        whichever answer reaches the page last is right. Waiting is bounded: a step that outlasts it
+        leaves "Stopping…" until the enlargement's own answer replaces it."""
+        if not studio.stop(request, ["enlarge"]):
+            return "Nothing of yours is running."
+        outcome = studio.stopped_outcome(request, ["enlarge"])
+        if outcome:
+            return outcome[0]
+        # finished meanwhile (it was saving): its own status stands
+        return "Stopping at the next step…" if studio.is_running(request, ["enlarge"]) else gr.update()
 
     ins = [image, preset, unlock, *fields]  # typed(): each value must have its widget's type (studio/typed.py)
-    ev = go.click(on_gpu(typed(enlarge, ins)), ins, [slider, status, download],
-                  api_name="enlarge", concurrency_id=GPU, concurrency_limit=1)
-    stop.click(stop_job, None, status, api_name="stop_enlarge", cancels=[ev], concurrency_limit=None, queue=False)
+    go.click(on_gpu(typed(enlarge, ins)), ins, [slider, status, download],
+             api_name="enlarge", concurrency_id=GPU, concurrency_limit=1)
+    # No cancels=[...]: Gradio would drop the event's own answer ("Stopped") and free the GPU queue while
+    # the enlargement still winds down in its thread; the cancel token ends it at the next model call.
+    stop.click(stop_job, None, status, api_name="stop_enlarge", concurrency_limit=None, queue=False)
     preset.input(lambda name, u: [preset_description(name), *locked_updates(name, "enlarge", FIELDS, u)],
                  [preset, unlock], [description, *fields], api_visibility="private")
     unlock.input(lambda name, u: lock_toggled(name, "enlarge", FIELDS, u), [preset, unlock], fields,
                  api_visibility="private")
-    return EnlargeTab(image, lambda: locked_updates("biased-dreams", "enlarge", FIELDS, False), fields)
+    return EnlargeTab(image, lambda: locked_updates(PRESET, "enlarge", FIELDS, False), fields)

@@ -36,7 +36,7 @@ class Studio:
     max_queue: int = 64
     max_file_size: str = "64mb"
     _tokens: dict[tuple[str, str], CancelToken] = field(default_factory=dict, repr=False)
-    _outcomes: dict[str, tuple] = field(default_factory=dict, repr=False)  # session -> last stopped job's result
+    _outcomes: dict[tuple[str, str], tuple] = field(default_factory=dict, repr=False)  # (session, job) -> result
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -73,6 +73,7 @@ class Studio:
         token = CancelToken()
         with self._lock:
             self._tokens[(session(request), job)] = token
+            self._outcomes.pop((session(request), job), None)  # a previous run's, which no Stop collected
         return token
 
     def finish(self, request: gr.Request | None, job: str, token: CancelToken) -> None:
@@ -97,13 +98,19 @@ class Studio:
             t.cancel()
         return len(hits)
 
+    def is_running(self, request: gr.Request | None, jobs: Sequence[str]) -> bool:
+        """Whether one of this session's named jobs is still running."""
+        with self._lock:
+            return bool(self._running(session(request), jobs))
+
     def _running(self, me: str, jobs: Sequence[str] | None) -> list[CancelToken]:
         return [t for (s, j), t in self._tokens.items() if s == me and (jobs is None or j in jobs)]
 
-    def record(self, request: gr.Request | None, outcome: tuple) -> None:
-        """Keep what a stopped job ended with: the browser cancels its stream, so Stop shows it instead."""
+    def record(self, request: gr.Request | None, job: str, outcome: tuple) -> None:
+        """Keep what a stopped job ended with, for the Stop button that waits for it (the browser may
+        cancel the job's own answer). Kept per job, so a Stop elsewhere never shows it."""
         with self._lock:
-            self._outcomes[session(request)] = outcome
+            self._outcomes[(session(request), job)] = outcome
 
     def stopped_outcome(self, request: gr.Request | None, jobs: Sequence[str], timeout: float = 30.0) -> tuple | None:
         """Wait (bounded) until this session's named jobs have wound down; their recorded outcome, if any."""
@@ -112,7 +119,8 @@ class Studio:
         while time.monotonic() < deadline:
             with self._lock:
                 if not self._running(me, jobs):
-                    return self._outcomes.pop(me, None)
+                    found = [self._outcomes.pop((me, j)) for j in jobs if (me, j) in self._outcomes]
+                    return found[-1] if found else None
             time.sleep(0.05)
         return None
 

@@ -19,11 +19,14 @@ def _field_meta(cls: type, name: str) -> tuple[Any, dict]:
     return typing.get_type_hints(cls)[name], dict(f.metadata)
 
 
-def field_widget(cls: type, name: str, docs: bool = False, **kwargs: Any) -> gr.components.Component:
+def field_widget(cls: type, name: str, docs: bool = False, locked: bool = False, **kwargs: Any) -> gr.components.Component:
     """A widget for one setting of ``cls`` (DreamSettings, TrainSettings, EnlargeSettings); ``docs`` adds
-    the setting's one-line description under its label (costs height: only where it helps)."""
+    the setting's one-line description under its label (costs height: only where it helps); ``locked``
+    shows it read-only with a 🔒, as :func:`locked_updates` does."""
     tp, meta = _field_meta(cls, name)
-    label = name.replace("_", " ")
+    label = name.replace("_", " ") + (" 🔒" if locked else "")
+    if locked:
+        kwargs["interactive"] = False
     info = (meta.get("doc") or None) if docs else None
     if meta.get("choices"):
         return gr.Dropdown(list(meta["choices"]), label=label, info=info, **kwargs)
@@ -34,6 +37,14 @@ def field_widget(cls: type, name: str, docs: bool = False, **kwargs: Any) -> gr.
     if tp is float:
         return gr.Number(label=label, info=info, **kwargs)
     return gr.Textbox(label=label, info=info, **kwargs)
+
+
+def preset_widget(cls: type, name: str, preset_name: str, job: str, **kwargs: Any) -> gr.components.Component:
+    """:func:`field_widget` holding the preset's value and lock from the start. The value is also the
+    API's default for the parameter, so a client may leave a setting out and gets the preset's."""
+    preset = load_preset(preset_name)
+    value = preset_fields(preset, job)[name]
+    return field_widget(cls, name, locked=name in preset.locked.get(job, ()), value=value, **kwargs)
 
 
 def locked_updates(preset_name: str, job: str, names: Sequence[str], unlocked: bool,

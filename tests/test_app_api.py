@@ -78,7 +78,8 @@ def dream(client, seeds="0-1", unlock=True, model="tiny", **fields):
 def test_every_endpoint_has_a_stable_name_and_ui_events_stay_private(client):
     names = set(client.view_api(return_format="dict", print_info=False)["named_endpoints"])
     assert names == {"/dream", "/stop", "/prompt_sweep", "/checkpoint_grid", "/read_recipe", "/recall", "/train",
-                     "/resume_train", "/stop_train", "/add_photos", "/export", "/enlarge", "/stop_enlarge", "/particles_gif"}
+                     "/resume_train", "/stop_train", "/add_photos", "/remove_photos", "/export", "/enlarge",
+                     "/stop_enlarge", "/particles_gif"}
 
 
 def test_dream_streams_pngs_that_carry_their_recipe(client, studio):
@@ -190,15 +191,21 @@ def test_train_a_few_steps_then_the_checkpoint_by_seed_grid(client, studio, tmp_
     assert sorted(Path(f).name for f in files) == ["README.md", "api-run.safetensors", "validation-grid.png"]
     assert (run / "export" / "step-0002" / "api-run.safetensors").is_file() and "Exported single_file, card" in note
 
-    grid_png, sheet, status = client.predict(str(run), "all", "biased-dreams", "0-2", True, *SMALL.values(),
-                                             api_name="/checkpoint_grid")
-    assert "Grid of api-run" in status
-    assert Path(grid_png).name == "grid.png"
+    gallery, sheet, status, *_, grid_png = client.predict(str(run), "all", "biased-dreams", "0-2", True,
+                                                          *SMALL.values(), api_name="/checkpoint_grid")
+    assert "Grid of api-run: 9 images" in status
+    assert Path(grid_png).name == "grid.png" and Path(sheet).name == "grid.png"
     folders = sorted(p.name for p in studio[1].outputs.glob("checkpoint-grid/*/*") if p.is_dir())
-    assert folders == ["00-step-0002", "01-step-0004"]  # checkpoints in step order: the rows
+    assert folders == ["00-base", "01-step-0002", "02-step-0004"]  # the base model, then checkpoints by step
     assert all(len(list((studio[1].outputs / "checkpoint-grid").glob(f"*/{f}/seed*.png"))) == 3 for f in folders)
+    # the cells are the gallery (so one can be picked and sent on), labelled by step, not by folder
+    assert [g["caption"] for g in gallery][::3] == ["step 0 (base) · seed 0", "step 2 · seed 0", "step 4 · seed 0"]
+    from dreamy.png.metadata import read_recipe
+
+    cell = read_recipe(Path(gallery[4]["image"]))  # row 2, seed 1: checkpoint step 2's picture
+    assert (cell.model.checkpoint_step, cell.seed) == (2, 1) and read_recipe(Path(gallery[0]["image"])).model.kind == "tiny"
     im = Image.open(grid_png)
-    assert im.height == 2 * (128 + 24 + 4) + 4 and im.width > 3 * 128  # 2 rows x 3 seeds of 128-px cells
+    assert im.height == 3 * (128 + 24 + 4) + 4 and im.width > 3 * 128  # 3 rows x 3 seeds of 128-px cells
 
 
 def test_locked_training_settings_cannot_be_changed_through_the_api(client):

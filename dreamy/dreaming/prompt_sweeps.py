@@ -8,6 +8,7 @@ image records its change from the preset's prompt.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,12 +158,39 @@ def prompt_sweep_stream(
                       lambda done: write_prompt_grid(done, Path(out_dir) / GRID_NAME))
 
 
-def _short(text: str, n: int = 28) -> str:
-    return text if len(text) <= n else text[: n - 1] + "…"
+LABEL_CHARS = 36  # a row label's length in the grid: about a cell's width of text at 14 px
+
+
+def _shorten(text: str, n: int = LABEL_CHARS) -> str:
+    """``text`` in at most ``n`` characters, cut in the middle: its start and its end both show (a
+    variant's point is often at the end: ``..., by Turner``)."""
+    if len(text) <= n:
+        return text
+    head = (n - 1) // 2
+    return text[:head].rstrip() + "…" + text[len(text) - (n - 1 - head):].lstrip()
+
+
+def row_labels(prompts: list[str], n: int = LABEL_CHARS) -> list[str]:
+    """What tells the rows apart: each prompt without the parts all of them share (cut at the commas
+    that separate a prompt's parts, "…" where something was left out), at most ``n`` characters long.
+
+    ``{prompt}, by Turner`` / ``{prompt}, by Yoshida`` become ``…by Turner`` / ``…by Yoshida``;
+    with one variant there is nothing to compare, and the prompt is only shortened."""
+    start = end = 0  # characters left out at every prompt's start / end
+    if len(prompts) > 1:
+        shared = os.path.commonprefix(prompts)
+        start = shared.rfind(", ") + 2 if ", " in shared else 0
+        rest = [p[start:] for p in prompts]
+        shared = os.path.commonprefix([r[::-1] for r in rest])[::-1]
+        end = len(shared) - shared.find(", ") if ", " in shared else 0
+        if any(len(r) <= end for r in rest):  # every label keeps something of its own
+            end = 0
+    return [_shorten(("…" if start else "") + p[start: len(p) - end] + ("…" if end else ""), n) for p in prompts]
 
 
 def write_prompt_grid(cells: list[SweepCell], path: str | Path, cell: int = 192) -> Path:
-    """Variants as rows (numbered, the prompt shortened), seeds as columns; the PNG lists the full prompts."""
+    """Variants as rows (numbered, labelled with what differs between them: :func:`row_labels`), seeds
+    as columns; the PNG lists the full prompts."""
     if not cells:
         raise DreamyError("Nothing was dreamed, so there is no grid to draw.")
     prompt_of = {c.row: c.prompt for c in cells}
@@ -173,7 +201,8 @@ def write_prompt_grid(cells: list[SweepCell], path: str | Path, cell: int = 192)
 
     blank = Image.new("RGB", (8, 8), (48, 48, 48))  # a cell a stopped sweep did not reach
     items = [(f"seed {s}", by_key.get((r, s), blank)) for r in rows for s in seeds]
-    labels = [f"{r + 1}. {_short(prompt_of[r])}" for r in rows]
+    shown = row_labels([prompt_of[r] for r in rows])
+    labels = [f"{r + 1}. {text}" for r, text in zip(rows, shown, strict=True)]
     sheet = grid(items, columns=len(seeds), cell=cell, row_labels=labels)
     info = {"prompts": [prompt_of[r] for r in rows], "seeds": seeds}
     return save_png(sheet, Path(path), extra={"dreamy_prompt_grid": json.dumps(info)})

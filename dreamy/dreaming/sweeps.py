@@ -22,7 +22,7 @@ import os
 import re
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,32 +40,83 @@ GRID_SEEDS = 16  # seeds per row of the checkpoint x seed grid
 GRID_NAME = "grid.png"
 
 
-def expand_models(specs: Iterable[str], steps: str | None = None) -> list[str]:
-    """Model sources, with a training run folder replaced by its checkpoints in step order.
+@dataclass(frozen=True)
+class Row:
+    """One model of a sweep: a row of its checkpoint x seed grid."""
 
-    ``steps`` filters a run's checkpoints with the seed syntax (``250,500`` or ``0-1200:250``).
+    source: str  # what load_model loads
+    label: str  # the grid's row label: "step 400", "step 0 (base)", or the model's name
+    name: str  # its subfolder's name (numbered when there are several: model_folder)
+
+
+BASE_LABEL = "step 0 (base)"
+
+
+def run_base(run: Path) -> str | None:
+    """The base model a training run started from, as its ``run.json`` records it (None: no record)."""
+    try:
+        source = json.loads((run / "run.json").read_text(encoding="utf-8"))["base"]["source"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return source if isinstance(source, str) and source else None
+
+
+def expand_rows(specs: Iterable[str], steps: str | None = None,
+                check_source: Callable[[str], str] | None = None) -> tuple[list[Row], list[str]]:
+    """(rows, notes): model sources, with a training run folder replaced by its checkpoints in step
+    order, after the base model it was trained from (its step 0, from ``run.json``), so the grid
+    shows where training started.
+
+    ``steps`` filters a run's checkpoints with the seed syntax (``250,500`` or ``0-1200:250``); the
+    base row is there unless ``steps`` leaves out 0. ``check_source`` vets the base's source (the
+    studio's: a run.json may name any path); a refused base is left out with a note, as is a run
+    without a readable run.json.
     """
     wanted = set(parse_seeds(steps)) if steps not in (None, "", "all") else None
-    out: list[str] = []
+    out: list[Row] = []
+    notes: list[str] = []
+    specs = list(specs)
     for spec in specs:
         run = Path(spec)
         found = []
         for parent in (run / "checkpoints", run):
             if run.is_dir() and parent.is_dir() and not (run / "unet").is_dir():
                 found += [(step, p) for p in parent.iterdir() if p.is_dir() and (step := step_of(p)) is not None]
-        if found:
-            found.sort()
-            out += [str(p) for step, p in found if wanted is None or step in wanted]
-        else:
-            out.append(spec)
+        if not found:
+            out.append(Row(spec, _label(spec), _name(spec)))
+            continue
+        if (wanted is None or 0 in wanted) and (run / "run.json").is_file():
+            base = run_base(run)
+            try:
+                if base is None:
+                    raise DreamyError("its run.json does not name it")
+                out.append(Row(check_source(base) if check_source else base, BASE_LABEL, "base"))
+            except DreamyError as e:
+                notes.append(f"The base model of {run.name} is left out: {str(e).rstrip('.')}.")
+        found.sort()
+        out += [Row(str(p), f"step {step}", _name(str(p))) for step, p in found if wanted is None or step in wanted]
     if not out:
         raise DreamyError(f"No checkpoints match --checkpoints {steps!r} in {', '.join(specs)}.")
-    return out
+    return out, notes
+
+
+def expand_models(specs: Iterable[str], steps: str | None = None) -> list[str]:
+    """The sources of :func:`expand_rows`'s rows."""
+    return [r.source for r in expand_rows(specs, steps)[0]]
+
+
+def _label(spec: str) -> str:
+    step = step_of(spec.rstrip("/\\"))
+    return f"step {step}" if step is not None else _name(spec)
+
+
+def _name(spec: str) -> str:
+    return re.sub(r"[^\w.-]+", "_", Path(spec.rstrip("/\\")).name or spec).strip("._") or "model"
 
 
 def model_folder(index: int, spec: str, count: int) -> str:
     """A model's subfolder in the sweep: its last path part, numbered when there are several."""
-    name = re.sub(r"[^\w.-]+", "_", Path(spec.rstrip("/\\")).name or spec).strip("._") or "model"
+    name = _name(spec)
     return f"{index:02d}-{name}" if count > 1 else name
 
 
@@ -76,14 +127,16 @@ class SweepPlan:
     out: Path
     batch_size: int
     batches: list[tuple[int, tuple[int, ...]]] = field(default_factory=list)  # (model index, seeds)
+    rows: list[Row] = field(default_factory=list)  # labels and folder names; default: from the sources
 
     def __post_init__(self) -> None:
+        self.rows = self.rows or [Row(m, _label(m), _name(m)) for m in self.models]
         for m in range(len(self.models)):
             for i in range(0, len(self.seeds), self.batch_size):
                 self.batches.append((m, tuple(self.seeds[i : i + self.batch_size])))
 
     def folder(self, m: int) -> Path:
-        return self.out / model_folder(m, self.models[m], len(self.models))
+        return self.out / model_folder(m, self.rows[m].name, len(self.models))
 
     def path(self, m: int, seed: int) -> Path:
         return self.folder(m) / f"seed{seed:06d}.png"
@@ -112,19 +165,24 @@ def sweep(
     on_progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
     fast: bool | str | None = None,
+    check_source: Callable[[str], str] | None = None,
 ) -> dict[str, Any]:
     """Dream every (model, seed) once; returns the merged manifest (main process) or this rank's part.
 
+    ``models``: sources, or a training run folder, which becomes its base model (step 0) and its
+    checkpoints (``checkpoints`` filters them; ``check_source`` vets the base: :func:`expand_rows`).
     The main process's result also names what it drew: ``sheets``, each model's contact sheets (pages
-    of 100 seeds), and ``grid``, the checkpoint x seed grid (``out_dir/grid.png``; None for one model)."""
+    of 100 seeds), ``grid``, the checkpoint x seed grid (``out_dir/grid.png``; None for one model),
+    ``cells``, every image as ``{"path", "row", "seed"}`` in the grid's order (rows, then seeds), and
+    ``notes``, one sentence each (a base model left out)."""
     from ..models.sources import load_model
     from ..recipes.presets import load_preset
     from ..recipes.recipe import resolve
     from .dreams import dream_iter
 
-    specs = expand_models([models] if isinstance(models, str) else list(models), checkpoints)
+    rows, notes = expand_rows([models] if isinstance(models, str) else list(models), checkpoints, check_source)
     recipe = resolve(load_preset(preset), "dream", overrides, unlock)  # refuse locked changes before any work
-    plan = SweepPlan(specs, parse_seeds(seeds), Path(out_dir), batch_size)
+    plan = SweepPlan([r.source for r in rows], parse_seeds(seeds), Path(out_dir), batch_size, rows=rows)
     state = _state(device)
     todo = plan.pending()
     state.wait_for_everyone()  # every process has read the same "done" state before anyone writes
@@ -160,7 +218,7 @@ def sweep(
                     f.write(json.dumps(entry) + "\n")
                     written.append(entry)
             if on_progress is not None:
-                on_progress(Progress("sweep", done + 1, len(mine), message=f"{plan.models[m]} seeds {batch[0]}…"))
+                on_progress(Progress("sweep", done + 1, len(mine), message=f"{plan.rows[m].label}: seeds {batch[0]}…"))
         with open(rank_log, "a", encoding="utf-8") as f:
             f.write(json.dumps({"run": True, "rank": state.process_index, "batches": len(mine),
                                 **{k: round(v, 3) for k, v in timing.items()}}) + "\n")
@@ -173,6 +231,9 @@ def sweep(
     manifest["sheets_s"] = round(time.perf_counter() - t, 3)
     manifest["grid"] = plan.out / GRID_NAME if len(plan.models) > 1 else None
     manifest["sheets"] = [p for p in drawn if p != manifest["grid"]]
+    manifest["cells"] = [{"path": plan.path(m, s), "row": row.label, "seed": s}
+                         for m, row in enumerate(plan.rows) for s in plan.seeds if plan.path(m, s).exists()]
+    manifest["notes"] = notes
     return manifest
 
 
@@ -225,8 +286,8 @@ def write_sheets(plan: SweepPlan) -> list[Path]:
     if len(plan.models) > 1:
         seeds = plan.seeds[:GRID_SEEDS]
         cells, rows = [], []
-        for m, spec in enumerate(plan.models):
-            rows.append(model_folder(m, spec, len(plan.models)))
+        for m in range(len(plan.models)):
+            rows.append(plan.rows[m].label)
             for s in seeds:
                 p = plan.path(m, s)
                 if p.exists():

@@ -42,6 +42,7 @@ class EnlargeModels:
     min_side: int = 1024  # SUPIR's minimum output short side
     sampling_tiles: SamplingTiles = field(default_factory=lambda: SamplingTiles(per_batch=3))  # 9 tiles: 3 forwards
     vae_tiles: VaeTiling = field(default_factory=VaeTiling)
+    stands_in: bool = False  # the demo, loaded because the recipe's models are not on this machine
     _prompts: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -107,7 +108,9 @@ def load_enlarge_models(
                           "'tiny' for both, or real weights for both.")
     device = device if isinstance(device, torch.device) else pick_device(device)
     dtype, vae_dtype = dtypes(precision, device)
-    return _assemble(supir_at, base_at, device, dtype, vae_dtype)
+    models = _assemble(supir_at, base_at, device, dtype, vae_dtype)
+    models.stands_in = fell_back
+    return models
 
 
 def _assemble(supir_at: Located, base_at: Located, device: torch.device, dtype: torch.dtype,

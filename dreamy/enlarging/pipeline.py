@@ -33,6 +33,7 @@ from ..events import CancelToken, Progress, ProgressCallback
 from ..images import ImageError, load_image
 from ..models import devices
 from ..models.devices import dtype_name
+from ..models.tiny import TINY_NAME
 from ..models.tokens import check_prompts
 from ..paths import safe_filename
 from ..png.metadata import save_png
@@ -226,10 +227,12 @@ def enlarge(
         if cancel is not None:
             cancel.check()
 
+    check()
     report(0, "loading models")
     if models is None:
         models = cached_enlarge_models(supir, base, supir_model=s.supir_model, sdxl_base=s.sdxl_base,
                                        device=device, precision=s.precision)
+    check()  # loading takes a while: a Stop meanwhile ends the job here
     if models.is_demo:
         log.warning("Enlarging with the %s.", models.supir_ref.label)
     size = target_size(*picture.size, s.upscale, models.min_side)
@@ -327,15 +330,31 @@ def _restore(job: EnlargeJob, attention: str) -> EnlargeResult:
     }
     runtime |= {("prompt_truncated" if k == "prompt" else "negative_prompt_truncated"): v for k, v in cuts.items()}
     final = job.recipe.replace(model=models.supir_ref, seed=seed, runtime=runtime)
+    notes = [*job.notes, *cut_notes]
+    if models.is_demo:
+        final = _as_demo(final)
+    if models.stands_in:
+        notes.append(f"{s.supir_model} and {s.sdxl_base} are not on this machine, so the tiny demo ran instead: "
+                     "it paints noise.")
     out = Path(job.out_dir) if job.out_dir is not None else _default_dir()
     stem = Path(safe_filename(job.input_info["name"] or "picture.png")).stem
     path = save_png(enlarged, out / f"{stem}-x{s.upscale:g}-seed{seed:06d}.png", final)
     report(s.steps, f"saved {path.name}")
-    return EnlargeResult(path, enlarged, final, upscaled, to_image(stage1.reference), [*job.notes, *cut_notes])
+    return EnlargeResult(path, enlarged, final, upscaled, to_image(stage1.reference), notes)
+
+
+def _as_demo(recipe: Recipe) -> Recipe:
+    """The recipe of a run on the tiny demo: its settings name the demo (what ran), and the models the
+    recipe asked for, if others, move to ``runtime["asked"]``."""
+    s: EnlargeSettings = recipe.settings
+    asked = {"supir_model": s.supir_model, "sdxl_base": s.sdxl_base}
+    if set(asked.values()) == {TINY_NAME}:
+        return recipe
+    ran = dataclasses.replace(s, supir_model=TINY_NAME, sdxl_base=TINY_NAME)
+    return recipe.replace(settings=ran, runtime=recipe.runtime | {"asked": asked})
 
 
 def _default_dir() -> Path:
     from ..layout import new_run_dir
 
     return new_run_dir("enlarge")
-

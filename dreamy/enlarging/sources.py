@@ -97,6 +97,8 @@ def default_sources(supir: str | None, base: str | None, supir_model: str, sdxl_
 
     if supir == tiny_name() and base is None or base == tiny_name() and supir is None:
         return tiny_name(), tiny_name(), False
+    if supir is None and base is None and tiny_name() in (supir_model, sdxl_base):  # the recipe asks for the demo
+        return tiny_name(), tiny_name(), False
     env_supir, env_base = os.environ.get("DREAMY_SUPIR") or None, os.environ.get("DREAMY_SDXL") or None
     picked_supir = supir or env_supir or SUPIR_HUB.get(supir_model, supir_model)
     picked_base = base or env_base or BASE_HUB.get(sdxl_base, sdxl_base)

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from ..errors import SourceError
+from ..events import Progress, ProgressCallback
 from ..layout import CHECKPOINT_FILE, HUB_ID, step_of
 from ..recipes.recipe import ModelRef
 from . import a1111_hash, checkpoints, hub
@@ -239,14 +240,39 @@ def default_model() -> str:
     env = os.environ.get("DREAMY_MODEL")
     if env:
         return env
-    try:
-        from huggingface_hub import try_to_load_from_cache
+    return DEFAULT_MODEL if on_this_machine(DEFAULT_MODEL) else TINY_NAME
 
-        if isinstance(try_to_load_from_cache(DEFAULT_MODEL, "model_index.json"), str):
-            return DEFAULT_MODEL
-    except (ImportError, OSError, ValueError):
-        pass
-    return TINY_NAME
+
+# What must be cached for a hub model to load offline: its index and the largest part (a download
+# cut short leaves the index without it).
+_ON_DISK = ("model_index.json", "unet/diffusion_pytorch_model.safetensors")
+
+
+def on_this_machine(spec: str) -> bool:
+    """False for a hub id whose weights are not in the local Hugging Face cache (loading it would
+    download them); True for everything else (tiny, local files and folders: their own checks)."""
+    if spec == TINY_NAME or Path(spec).expanduser().exists() or not HUB_ID.match(spec):
+        return True
+    return hub.is_cached(spec, _ON_DISK)
+
+
+def download_model(spec: str, on_progress: ProgressCallback | None = None) -> Path:
+    """Download a hub model's files (those :func:`load_model` reads) into the Hugging Face cache,
+    reporting ``Progress("download", MB done, MB in all)``; returns its local folder.
+
+    Raises SourceError (one sentence) when the hub is offline ($HF_HUB_OFFLINE), unreachable, or has
+    no such model."""
+    name = "Stable Diffusion 1.5" if spec == DEFAULT_MODEL else f"'{spec}'"
+    if hub.offline() and not on_this_machine(spec):
+        raise SourceError(f"{name} is not on this machine and downloads are off (HF_HUB_OFFLINE); download it "
+                          "once with a connection, or dream with the tiny demo.")
+
+    def report(done: int, total: int) -> None:
+        if on_progress is not None:
+            on_progress(Progress("download", done >> 20, max(total >> 20, 1),
+                                 message=f"downloading {name}: {done / 1e9:.2f} of {total / 1e9:.2f} GB"))
+
+    return hub.snapshot(spec, _HUB_PATTERNS, _HUB_IGNORE, "a model that is on this machine", report)
 
 
 _loaded: dict[tuple, SDModel] = {}
