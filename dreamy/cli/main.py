@@ -1,4 +1,4 @@
-"""``python -m dreamy``: dream, recall, presets, info and train from the command line."""
+"""``python -m dreamy``: dream, recall, presets, info, train and corridor from the command line."""
 
 from __future__ import annotations
 
@@ -211,6 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .enlarge import add_parser as add_enlarge_parser
 
     add_enlarge_parser(sub)
+    from .corridor import add_parser as add_corridor_parser
+
+    add_corridor_parser(sub)
     return parser
 
 
