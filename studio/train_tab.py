@@ -18,6 +18,7 @@ from dreamy.layout import checkpoints, step_of
 from dreamy.paths import check_name, within
 from dreamy.recipes.presets import list_presets, load_preset
 from dreamy.recipes.settings import DreamSettings, TrainSettings
+from dreamy.training.corridor_report import summary as corridor_summary
 from dreamy.training.logbook import LOG_NAME, LossLog
 from dreamy.training.sets import (
     add_to_training_set,
@@ -257,6 +258,7 @@ def build(studio: Studio) -> TrainTab:
                         elif isinstance(ev, ValidationDone):
                             grid_path = str(ev.grid)
                             lines.append(ev.describe())
+                            lines += [t for t in [corridor_summary(ev.grid.parent.parent)] if t]  # before/inside/past
                         elif isinstance(ev, Started):
                             lines.extend(ev.images)
                             lines.append(ev.describe())

@@ -88,10 +88,10 @@ def test_a_kill_between_a_checkpoint_and_its_row_is_rendered_before_training_on(
     settings = {"validation_seeds": "3", "checkpointing_steps": 2, "max_train_steps": 3}
     real_render = loop.render
 
-    def killed_at_step_2(model, recipe, seeds, out_dir, step):
+    def killed_at_step_2(model, recipe, seeds, out_dir, step, cancel=None):
         if step == 2:
             raise Killed  # the process dies right after checkpoint 2 was renamed into place
-        return real_render(model, recipe, seeds, out_dir, step)
+        return real_render(model, recipe, seeds, out_dir, step, cancel)
 
     monkeypatch.setattr(loop, "render", killed_at_step_2)
     with pytest.raises(Killed):

@@ -38,6 +38,7 @@ from ..recipes.recipe import ModelRef, Recipe, resolve
 from ..recipes.seeds import parse_seeds
 from ..recipes.settings import TrainSettings
 from . import checkpoints as ckpt
+from . import corridor_run
 from .catch_up import LeftOut, left_out, load_params
 from .data import TrainingSet, prepare_images
 from .events import CheckpointSaved, Finished, Notice, Started, StepDone, TrainEvent, ValidationDone
@@ -82,6 +83,7 @@ class _Run:
     resume_from: Path | None = None  # the checkpoint whose resume state ``_catch_up`` restores
     left: LeftOut = field(default_factory=LeftOut)  # what a killed run left out up to ``start``
     cancel: CancelToken | None = None  # Stop: ends the step or validation render in progress
+    corridor_note: str | None = None  # the corridor meter's failure at the last checkpoint, said once
 
     @property
     def total(self) -> int:
@@ -211,6 +213,7 @@ def train(
         done = _validate(run, 0, None)
         if done is not None:
             yield done
+        yield from _corridor_notice(run, 0)
     else:
         yield from _catch_up(run)
     step_times: list[float] = []  # seconds per step, and per checkpoint + validation: the ETA
@@ -241,6 +244,7 @@ def train(
         ckpt_times.append(time.perf_counter() - t1)
         if done is not None:
             yield done
+        yield from _corridor_notice(run, step)
     if stopped and last_saved != step:  # asked between steps (or before the first): save where it is
         yield CheckpointSaved(step, total, _save(run, step))
     yield _finish(run, step, stopped)
@@ -491,6 +495,10 @@ def _validate(run: _Run, step: int, checkpoint: Path | None) -> ValidationDone |
             done = _render_row(run, step, checkpoint, run.seeds, run.cancel)
         except Cancelled:
             pass
+    if run.group.is_main and not (run.cancel is not None and run.cancel.cancelled):
+        # the corridor meter (~2% of the time between checkpoints); a failure is a sentence, never a stop
+        run.corridor_note = corridor_run.after_checkpoint(run.live, run.run_dir, step, run.micro_loss.inst.data.images,
+                                                          run.tr.tokens, fresh=step == 0)
     run.group.barrier()  # the others wait while the main process renders
     return done
 
@@ -524,8 +532,18 @@ def _catch_up(run: _Run) -> Iterator[TrainEvent]:
             write_grid(run.run_dir / "validation", run.seeds, run.recipe)
         if run.left.plot:
             _plot(run)
+        note = corridor_run.after_resume(run.run_dir, run.start, run.live.device, run.micro_loss.inst.data.images,
+                                         run.tr.tokens)  # rows a kill (or an older Dreamy) left out
+        if note:
+            yield Notice(run.start, run.total, note)
     ckpt.restore(run.resume_from, run.tr, run.optimizer, run.scaler)
     run.group.barrier()
+
+
+def _corridor_notice(run: _Run, step: int) -> Iterator[TrainEvent]:
+    if run.corridor_note:
+        yield Notice(step, run.total, run.corridor_note)
+        run.corridor_note = None
 
 
 def _finish(run: _Run, step: int, stopped: bool) -> Finished:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import atomic_write_text
+from .corridor_report import card_section
 
 SD15_LICENSE = "creativeml-openrail-m"
 
@@ -204,6 +205,7 @@ def model_card(step: Path, meta: dict[str, Any], out: Path, grid: Path | None, f
                   "checkpoint, its diffusers folder or its single file record the same hash.", ""]
     if grid is not None:
         lines += ["## Validation grid (rows: checkpoints, columns: seeds)", "", f"![validation grid]({grid.name})", ""]
+    lines += card_section(step)  # the corridor meter's table, when the run has one
     if files:
         lines += ["## Files", ""] + [f"- `{p.name}{'/' if k == 'diffusers' else ''}`: {FILE_ROLES.get(k, k)}"
                                      for k, p in files.items()] + [""]
