@@ -130,6 +130,10 @@ def small_run(tmp_path_factory):
 
 def test_measure_run_measures_only_the_steps_without_a_row(small_run, monkeypatch, capsys):
     run, photos = small_run
+    in_loop = read_rows(run)  # the training loop measured step 0 and every checkpoint as it went
+    assert [r["step"] for r in in_loop] == [0, 2, 4] and all(r.get("mark") for r in in_loop)
+    (run / cr.PHOTOS_FILE).unlink()  # as a run trained before the meter: no rows, no photos kept
+    (run / "corridor.json").unlink()
     with pytest.raises(TrainError, match="give the folder of photos"):  # nothing kept yet, no photos given
         cr.measure_run(run, device="cpu")
     rows = cr.measure_run(run, device="cpu", photos=photos)

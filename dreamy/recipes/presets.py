@@ -26,7 +26,8 @@ from .settings import SECTIONS, build, field_names
 
 BUILTIN_DIR = Path(__file__).resolve().parents[2] / "presets"
 PRESET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # a file stem in a preset folder
-_TOP_KEYS = {"name", "description", "extends", *SECTIONS}
+# [corridor]: the corridor meter's thresholds, read by dreamy/training/corridor_marks.py (docs/corridor.md)
+_TOP_KEYS = {"name", "description", "extends", "corridor", *SECTIONS}
 
 
 @dataclass(frozen=True)
