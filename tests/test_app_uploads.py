@@ -83,7 +83,7 @@ def test_enlarge_gets_the_uploaded_file_unchanged(client, tmp_path, monkeypatch,
     args = ["SUPIR-v0Q", 4.0, 30, 3.0, 4.0, 0.9, -1.0, 5.0, 1.003, "wavelet",
             "sharp textures, fine grain, rich color depth", "blurry, low quality, jpeg artifacts"]
     _, status, _ = client.predict(handle_file(str(path)), "biased-dreams", False, *args, api_name="/enlarge")
-    assert status == "Stopped."
+    assert status == "Stopped; nothing was saved."
     assert spy.seen == [path.read_bytes()]
 
 
