@@ -337,6 +337,13 @@ def measure_run(run_dir: str | os.PathLike, device: str | torch.device | None = 
     return write_rows(run_dir, read_rows(run_dir), th)
 
 
+def _why(e: Exception) -> str:
+    """A meter failure in a few words, for the hooks' one sentence."""
+    if isinstance(e, torch.OutOfMemoryError):
+        return "out of memory"
+    return (str(e).splitlines() or [type(e).__name__])[0][:120]
+
+
 def after_checkpoint(model: SDModel, run_dir: Path, step: int, images: Sequence[TrainImage],
                      tokens: Sequence[str] = (), fresh: bool = False) -> str | None:
     """The training loop's hook, after a step's validation renders: measure it with the live weights
@@ -347,7 +354,7 @@ def after_checkpoint(model: SDModel, run_dir: Path, step: int, images: Sequence[
         measure_step(model, run_dir, step, images, tokens, fresh=fresh)
     except Exception as e:  # noqa: BLE001 - an optional meter never stops a training run
         log.warning("corridor meter failed at step %d", step, exc_info=True)
-        why = "out of memory" if isinstance(e, torch.OutOfMemoryError) else (str(e).splitlines() or [type(e).__name__])[0][:120]
+        why = _why(e)
         return (f"The corridor meter could not measure step {step} ({why}); training goes on: measure it later "
                 f"with python -m dreamy corridor {run_dir}.")
     return None
@@ -363,7 +370,7 @@ def after_resume(run_dir: Path, step: int, device: torch.device | str | None, im
         measure_run(run_dir, device, images, tokens, upto=step)
     except Exception as e:  # noqa: BLE001 - an optional meter never stops a training run
         log.warning("corridor meter failed on resume at step %d", step, exc_info=True)
-        why = "out of memory" if isinstance(e, torch.OutOfMemoryError) else (str(e).splitlines() or [type(e).__name__])[0][:120]
+        why = _why(e)
         return (f"The corridor meter could not measure the earlier checkpoints ({why}); training goes on: measure "
                 f"them later with python -m dreamy corridor {run_dir}.")
     return None
