@@ -4,7 +4,7 @@ Every handler only turns widget values into a core call (the ``studio`` package:
 studio/dream_tab.py, train_tab.py, enlarge_tab.py, particles_tab.py). Locks are enforced by the core,
 so the HTTP API behind this page cannot bypass them either; one GPU queue serves all tabs.
 
-    python app.py                                  # http://127.0.0.1:7860 (offline: the tiny demo model)
+    python app.py                                  # http://127.0.0.1:7860 on SD 1.5 (downloaded once; offline: tiny demo)
     python app.py --model PATH_OR_HUB_ID           # start on another model
     python app.py --share --auth-file users.txt    # a public link: sign-in required
 """
@@ -24,17 +24,20 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from
 import gradio as gr  # noqa: E402
 
 from dreamy.layout import models_root, outputs_root
-from dreamy.models.sources import TINY_NAME, default_model
-from studio import dream_tab, enlarge_tab, particles_tab, train_tab
+from dreamy.models import hub
+from dreamy.models.sources import TINY_NAME, starting_model
+from studio import dream_tab, enlarge_tab, history, particles_tab, train_tab
 from studio.session import Studio
 
 CSS = """
 .dreamy-note { font-size: 0.9em; opacity: 0.85; }
 .dreamy-warning { border-left: 4px solid #d97706; padding: 4px 10px; background: rgba(217,119,6,.08); }
 .dreamy-step { margin-top: 6px; }
+.dreamy-differs [data-testid="block-info"] { color: #b45309; font-weight: 600; }  /* unlocked, not the preset's */
 #offline-banner { border-left: 4px solid #2563eb; padding: 4px 10px; background: rgba(37,99,235,.08); }
 #particles-canvas canvas { width: 100%; height: auto; background: #000; border-radius: 8px; }
 #train-grid .image-frame { padding-top: 34px; box-sizing: border-box; }  /* below the label, not under it */
+#train-log textarea { font-family: ui-monospace, monospace; font-size: 0.85em; white-space: pre; overflow-x: auto; }
 """
 
 
@@ -67,6 +70,25 @@ def build(studio: Studio) -> gr.Blocks:
                                  api_visibility="private")
         dream.send_particles.click(to_particles, [dream.paths, dream.selected], [particles.image, tabs],
                                    api_visibility="private")
+
+        def all_to_enlarge(paths: list[str]):  # the gallery (a sweep's keepers, a grid's cells) as one batch
+            first, rest = enlarge_tab.split_batch(paths)
+            return first, rest, gr.Tabs(selected="enlarge")
+
+        dream.send_all_enlarge.click(all_to_enlarge, [dream.paths], [enlarge.image, enlarge.more, tabs],
+                                     api_visibility="private")
+
+        def cell_to_dream(run: str, index: int | None):
+            """The corridor loop's hand-off: a cell of Train's grid opens its checkpoint and seed in Dream."""
+            source, cell, folder = history.cell_of(studio, run, index)
+            models, runs = dream_tab.refresh_pickers(studio)  # a run trained since the page loaded is listed
+            gr.Info(f"Dream is set to {run} · step {cell.step} with seed {cell.seed}: press Dream, or widen the seeds.")
+            return {**models, "value": source}, str(cell.seed), {**runs, "value": folder}, gr.Tabs(selected="dream")
+
+        train.to_dream.click(cell_to_dream, train.picked, [dream.model, dream.seeds, dream.run, tabs],
+                             api_visibility="private")
+        # the log box scrolls to its newest line on change; one filled while the tab was hidden does so when shown
+        train_page.select(None, None, None, js=train_tab.LOG_TO_END, queue=False, api_visibility="private")
         # Sets made since the page loaded (Dream's "Add selected to training set") appear in Train's list
         train_page.select(train.shown, train.shown_inputs, train.shown_outputs, api_visibility="private")
         for ev in train.events:  # a finished run's checkpoints appear in Dream's pickers
@@ -77,24 +99,65 @@ def build(studio: Studio) -> gr.Blocks:
             return [*dream_tab.refresh_pickers(studio), *dream.init(), *train.init(), *enlarge.init()]
 
         demo.load(on_load, None, [dream.model, dream.run, *dream.init_outputs, *train.init_outputs,
-                                  *enlarge.init_outputs], api_visibility="private")
+                                  *enlarge.init_outputs], api_visibility="private", show_progress="hidden")
     return demo
 
 
 def launch(demo: gr.Blocks, studio: Studio, *, host: str = "127.0.0.1", port: int | None = None,
            share: bool = False, auth: list[tuple[str, str]] | None = None, prevent_thread_lock: bool = False,
            quiet: bool = False):
-    """Queue and serve: one GPU queue, files only from outputs/ and models/, uploads capped."""
+    """Queue and serve: one GPU queue, files only from outputs/ and models/, uploads capped.
+
+    Gradio's own start-up lines are silenced (its "set `share=True` in `launch()`" contradicts
+    ``--share``/``--auth``); unless ``quiet``, Dreamy prints its own: the address and how to share."""
     demo.queue(default_concurrency_limit=2, max_size=studio.max_queue)
-    return demo.launch(
+    forget_estimates(demo)
+    result = demo.launch(
         server_name=host, server_port=port, share=share, auth=auth or None,
         allowed_paths=[str(studio.outputs.resolve()), str(studio.models.resolve())],
         max_file_size=studio.max_file_size,
         run_history=not studio.shared,  # a shared link keeps no visitor's runs in their browser
         footer_links=["api", "settings"],
-        prevent_thread_lock=prevent_thread_lock, quiet=quiet, show_error=False, css=CSS,
+        prevent_thread_lock=True, quiet=True, show_error=False, css=CSS,
         auth_message="Sign in to this Dreamy studio." if auth else None,
     )
+    if not quiet:
+        print(address_lines(result[1], result[2], host, bool(auth)), flush=True)
+    if not prevent_thread_lock:
+        demo.block_thread()
+    return result
+
+
+def address_lines(local_url: str, share_url: str | None, host: str, signed_in: bool) -> str:
+    """What Dreamy prints once the studio listens: where it is, and how to share it (with sign-in)."""
+    lines = [f"dreamy: the studio is at {local_url}" + ("" if is_loopback(host) else f" (listening on {host})")]
+    if share_url:
+        lines.append(f"dreamy: public link {share_url}" + (" (sign-in required)" if signed_in else " (open to anyone)"))
+    elif is_loopback(host):
+        lines.append("dreamy: only this machine can open it; for a public link: python app.py --share "
+                     "--auth USER:PASSWORD (or --auth-file FILE)")
+    return "\n".join(lines)
+
+
+def forget_estimates(demo: gr.Blocks) -> None:
+    """No ETA from Gradio's queue: it is the mean time of the same event's earlier runs (of a stream:
+    until its first picture), whatever each run asked for, so a 100-seed dream showed the 4-seed
+    dream's time. Jobs say their own time left from their own pace (Dream's progress line, Train's
+    status). Gradio (6.x) sends an estimate only for events in this table; with none listed it shows
+    the elapsed time alone, and the queue position as before."""
+
+    class NoEstimates(dict):
+        def __missing__(self, fn):  # the queue still records each run's time: kept nowhere
+            from gradio.queueing import ProcessTime
+
+            return ProcessTime()
+
+        def __contains__(self, fn) -> bool:
+            return False
+
+    queue = getattr(demo, "_queue", None)
+    if queue is not None and isinstance(getattr(queue, "process_time_per_fn", None), dict):
+        queue.process_time_per_fn = NoEstimates()
 
 
 def read_auth(pairs: Sequence[str], auth_file: str | None) -> list[tuple[str, str]]:
@@ -139,7 +202,8 @@ def exposure_problem(share: bool, host: str, auth: list, insecure: bool) -> str 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Dreamy studio")
-    p.add_argument("--model", default=None, help="model to start on (default: SD1.5 if cached, else tiny)")
+    p.add_argument("--model", default=None, help="model to start on (default: $DREAMY_MODEL, else Stable Diffusion "
+                   "1.5, downloaded once when it is not cached (~4.3 GB); offline, the tiny demo)")
     p.add_argument("--host", default=None, help="address to listen on (default: this machine only)")
     p.add_argument("--port", type=int, default=None, help="port (default: 7860 or the next free one)")
     p.add_argument("--share", action="store_true", help="a public gradio.live link (needs --auth)")
@@ -172,12 +236,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"dreamy: {problem}", file=sys.stderr)
         raise SystemExit(2)
     shared = on_space or args.share or not is_loopback(host)
-    model = args.model or default_model()
+    threading.Thread(target=preload, name="dreamy-preload", daemon=True).start()  # imports while SD 1.5 downloads
+    model = args.model or starting_model(note=lambda line: print(f"dreamy: {line}", flush=True))
+    if shared:  # what the studio needs is fetched above; its visitors must not fill the disk
+        hub.turn_off_downloads("a shared studio")
     if os.environ.get("SPACES_ZERO_GPU"):  # ZeroGPU wants weights loaded at start; @spaces.GPU only computes
         from dreamy.models.sources import cached_model
 
         cached_model(model)
-    threading.Thread(target=preload, name="dreamy-preload", daemon=True).start()
     studio = Studio(default_model=model, outputs=outputs_root(), models=models_root(), shared=shared,
                     extra_models=(model,), prompt_model=os.environ.get("DREAMY_PROMPT_MODEL") or None,
                     max_queue=args.max_queue)

@@ -2,6 +2,8 @@
 
     python -m bench.enlarge --out docs/bench-enlarge-h100.json [--repeats 2] [--per-batch 3,9] [--budget-s 540]
     python -m bench.enlarge --tiny --out /tmp/bench-enlarge-tiny.json     # the harness itself, CPU demo model
+    python -m bench.enlarge --arms "" --batch 8 --out docs/bench-enlarge-batch.json   # the batch alone
+    python -m bench.enlarge --tiny --arms "" --batch 3 --out /tmp/b.json  # the batch harness on the CPU
 
 The models have SDXL's and SUPIR v0's full architecture (UNet 2.6 B, GLVControl 1.24 B parameters)
 with random weights, put together through the same official-key loader as real checkpoints, in
@@ -12,6 +14,14 @@ per image (median), the time of each phase (stage 1, sampling, decode + colour f
 GPU memory (allocated and reserved, weights included). Arms: tiled (SUPIR's 128/64 latent tiles, with
 ``--per-batch`` tiles per forward, and its tiled VAE) and untiled (one 256x256 latent; it needs far
 more memory and is reported as out of memory where it does not fit).
+
+``--batch N`` (default 8; 0 skips it) then enlarges N different 512x512 keepers as one batch, the
+way ``python -m dreamy enlarge keepers/ --out big/`` does (enlarging/batch.py ``enlarge_iter``: the
+models stay loaded, one PNG each with its recipe): it reports the first picture's time, the seconds
+per picture after the first (median and mean) and the time of a rerun that finds every picture
+enlarged already (resuming costs only reading the recipes). The models are built before it, as for
+the arms (``build_s``), so "first" is the first picture's own warm-up, not the weights' loading;
+``warm_before`` says whether arms ran before it. With ``--tiny`` the batch runs x1 and 2 steps.
 
 ``--official PATH`` (a checkout of Fanghua-Yu/SUPIR, with einops and omegaconf importable) adds the
 official sampler as the baseline (bench/supir_official.py): on the same weights, stage-1 latent,
@@ -152,6 +162,51 @@ def run_arm(models, picture: Path, out: Path, tiled: bool | None, repeats: int, 
     return arm
 
 
+def keepers(folder: Path, count: int, size: int) -> Path:
+    """``count`` different ``size`` px pictures in ``folder`` (keeper-01.png ...): the batch's input."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ramp = np.linspace(0, 255, size, dtype=np.float64)
+    for i in range(count):
+        rng = np.random.default_rng(100 + i)
+        base = np.stack([np.add.outer(ramp, ramp) / 2, np.roll(np.add.outer(ramp, 255 - ramp) / 2, 7 * i, 0),
+                         np.tile(ramp, (size, 1))], -1)
+        Image.fromarray((base + rng.normal(0, 12, base.shape)).clip(0, 255).astype(np.uint8)).save(
+            folder / f"keeper-{i + 1:02d}.png")
+    return folder
+
+
+def run_batch(models, work: Path, size: int, count: int, enlarge_kwargs: dict) -> dict:
+    """``count`` keepers through enlarge_iter with the models loaded once: per-picture seconds, and a rerun."""
+    from dreamy.enlarging.batch import enlarge_iter
+
+    folder, out = keepers(work / "keepers", count, size), work / "big"
+    cuda = models.device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    t = time.perf_counter()
+    marks, statuses = [], []
+    for outcome in enlarge_iter(folder, out_dir=out, models=models, **enlarge_kwargs):
+        if cuda:
+            torch.cuda.synchronize()
+        marks.append(time.perf_counter())
+        statuses.append(outcome.status if outcome.status != "failed" else f"failed: {outcome.error}")
+    per = [b - a for a, b in zip([t, *marks[:-1]], marks, strict=True)]
+    t2 = time.perf_counter()
+    rerun = [o.status for o in enlarge_iter(folder, out_dir=out, models=models, **enlarge_kwargs)]
+    rerun_s = time.perf_counter() - t2
+    rest = per[1:]
+    batch = {"pictures": count, "input_size": [size, size], "statuses": statuses, "per_picture_s": per,
+             "first_s": per[0] if per else None,
+             "s_per_picture_after_first": statistics.median(rest) if rest else None,
+             "mean_s_per_picture_after_first": statistics.fmean(rest) if rest else None,
+             "total_s": marks[-1] - t if marks else 0.0,
+             "rerun_s": rerun_s, "rerun_all_skipped": rerun == ["skipped"] * count}
+    if cuda:
+        batch["peak_allocated_gb"] = torch.cuda.max_memory_allocated() / 2**30
+    return batch
+
+
 def _timed(fn, cuda: bool) -> tuple[float, float | None, torch.Tensor]:
     if cuda:
         torch.cuda.synchronize()
@@ -243,6 +298,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--arms", default="auto,tiled,untiled,untiled-flash",
                     help="comma list of auto, tiled, untiled, with -flash / -compile variants")
     ap.add_argument("--budget-s", type=float, default=540.0, help="skip arms that would end past this")
+    ap.add_argument("--batch", type=int, default=8, help="keepers enlarged as one batch after the arms (0: none)")
     ap.add_argument("--tiny", action="store_true", help="the demo models on the CPU: tests the harness, not speed")
     ap.add_argument("--official", default=None, metavar="PATH", help="a Fanghua-Yu/SUPIR checkout: time its sampler too")
     ap.add_argument("--official-steps", type=int, default=None, help="steps for the official comparison (default: 30)")
@@ -341,6 +397,23 @@ def main(argv: list[str] | None = None) -> dict:
             if name != reference and name in result["arms"]:
                 result["arms"][name]["vs_reference"] = compare(arr, images[reference])
         save()
+    if args.batch > 0:
+        left = args.budget_s - (time.perf_counter() - t0)
+        need = longest * args.batch * 1.2
+        if left < need:
+            result["batch"] = {"skipped": f"budget: {left:.0f} s left, about {need:.0f} s needed"}
+        else:
+            quick = {"overrides": {"upscale": 1.0, "steps": 2}, "unlock": True} if args.tiny else {}
+            try:
+                result["batch"] = run_batch(models, work / "batch", size, args.batch, quick)
+                result["batch"]["warm_before"] = bool(result["arms"])
+            except Exception as e:  # reported, never fatal to the other measures
+                from dreamy.errors import free_memory
+
+                result["batch"] = {"error": f"{type(e).__name__}: {str(e)[:300]}",
+                                   "traceback": traceback.format_exc()[-2000:]}
+                free_memory()
+        save()
     if args.official:
         try:
             result["official"] = official_baseline(args.official, models, picture, args, t0)
@@ -376,6 +449,13 @@ def markdown(r: dict) -> str:
                     f"{f(arm['warmup']['s'])} | {f(arm.get('stage1_s'))} | {f(arm.get('sampling_s'))} | "
                     f"{f(arm.get('decode_fix_png_s'))} | {f(arm.get('peak_allocated_gb'))} / "
                     f"{f(arm.get('peak_reserved_gb'))} GB | {exact} |")
+    batch = r.get("batch")
+    if isinstance(batch, dict) and batch.get("first_s") is not None:
+        rows += ["", "| batch of keepers | first picture | s / picture after the first (median, mean) | "
+                 "rerun, all skipped | peak VRAM |", "|---|---|---|---|---|",
+                 f"| {batch['pictures']} × {batch['input_size'][0]} px | {f(batch['first_s'])} s | "
+                 f"{f(batch['s_per_picture_after_first'])}, {f(batch['mean_s_per_picture_after_first'])} s | "
+                 f"{f(batch['rerun_s'])} s | {f(batch.get('peak_allocated_gb'))} GB |"]
     official = r.get("official")
     if isinstance(official, dict) and any(isinstance(v, dict) and "ours" in v for v in official.values()):
         rows += ["", "| sampling only | ours s | official s | × official | peak GB ours / official | rel. L2 |",

@@ -2,6 +2,7 @@
 
     python -m bench.train [--steps 60] [--warmup 10] [--variants default,fused,fused+compile] [--out X.json]
     python -m bench.train --tiny          # CPU smoke test of this script on the tiny model
+    python -m bench.train --e2e [--steps 300 --every 100] [--out X.json]   # end to end, see run_e2e
 
 "Stock" is the loop of diffusers' ``examples/dreambooth/train_dreambooth.py`` for the recipe
 (``--train_text_encoder --use_8bit_adam --mixed_precision fp16``, lr 2e-6 constant, batch 1,
@@ -188,6 +189,74 @@ def run_stock(folder: Path, photos: Path, steps: int, warmup: int, resolution: i
     return result  # the models go with this frame
 
 
+def run_e2e(base: str, photos: Path, steps: int, every: int, resolution: int, extrapolate_to: int,
+            validation: dict | None = None) -> dict:
+    """The user's own ``train()`` call, end to end: the ``sweet-spot`` recipe with its defaults (speed
+    choices, validation seeds and Dream preset) for ``steps`` steps, a checkpoint and a validation row
+    every ``every``. Timed from the call to ``Finished``; a step's pure time is the time between the event
+    before it and its ``StepDone``. Extrapolated to ``extrapolate_to`` steps (said so in the result):
+    fixed costs once, the checkpoint overhead per checkpoint, the median step for the rest."""
+    from dreamy.training import CheckpointSaved, Finished, Notice, Started, StepDone, ValidationDone, train
+
+    models = Path(tempfile.mkdtemp(prefix="bench-train-e2e-"))
+    overrides = {"max_train_steps": steps, "checkpointing_steps": every, "resolution": resolution}
+    step_s: list[float] = []
+    marks: dict[str, float] = {}
+    saved_at: dict[int, float] = {}
+    validation_s: dict[int, float] = {}
+    notes: list[str] = []
+    sizes: dict[str, int] = {}
+    t0 = last = time.perf_counter()
+    try:
+        for ev in train(photos, name="e2e", preset="sweet-spot", base=base, overrides=overrides, unlock=True,
+                        models_dir=models, validation=validation):
+            now = time.perf_counter()
+            if isinstance(ev, Started):
+                _reset_peak()
+                marks["started_s"] = now - t0
+            elif isinstance(ev, StepDone):
+                step_s.append(now - last)
+                if ev.step == 1:
+                    marks["first_step_done_s"] = now - t0
+            elif isinstance(ev, CheckpointSaved):
+                saved_at[ev.step] = now
+            elif isinstance(ev, ValidationDone):
+                validation_s[ev.step] = now - saved_at.get(ev.step, last)
+            elif isinstance(ev, Notice):
+                notes.append(ev.message)
+            elif isinstance(ev, Finished):
+                marks["wall_s"] = now - t0
+                for f in sorted((ev.run_dir / "checkpoints").glob(f"step-{steps:04d}/**/*")):
+                    if f.is_file():
+                        sizes[str(f.relative_to(ev.run_dir / "checkpoints" / f"step-{steps:04d}"))] = f.stat().st_size
+            last = now
+            print(f"[e2e] {now - t0:8.1f}s {ev.describe()}", flush=True)
+    finally:
+        shutil.rmtree(models, ignore_errors=True)
+    warm = 10
+    median = statistics.median(step_s[warm:])
+    checkpoints = steps // every
+    warmup_extra = sum(step_s[:warm]) - warm * median  # the first steps' compile and warm-up
+    before_first = marks["first_step_done_s"] - step_s[0]  # set-up, the base model's row, the fast-path capture
+    loop_wall = marks["wall_s"] - before_first
+    per_ckpt = (loop_wall - sum(step_s)) / checkpoints  # snapshot, validation row, corridor meter, waits
+    fixed = before_first + warmup_extra
+    n = extrapolate_to
+    e2e_n = fixed + n * median + (n // every) * per_ckpt
+    return {
+        "steps": steps, "checkpointing_steps": every, "peak_vram_gb": _peak_gb(),
+        "s_per_step_median": median, "steps_per_s": 1.0 / median,
+        "pure_step_s": steps * median, "wall_s": marks["wall_s"], "ratio_e2e_over_pure": marks["wall_s"] / (steps * median),
+        "set_up_and_step0_row_s": before_first, "first_steps_extra_s": warmup_extra,
+        "per_checkpoint_overhead_s": per_ckpt, "validation_row_s": validation_s,
+        "checkpoint_files_bytes": sizes, "checkpoint_bytes": sum(sizes.values()),
+        "extrapolated": {"to_steps": n, "how": "fixed (set-up, step-0 row, warm-up/compile) once + median step "
+                         f"x {n} + per-checkpoint overhead x {n // every}; measured on {steps} steps",
+                         "wall_s": e2e_n, "pure_step_s": n * median, "ratio_e2e_over_pure": e2e_n / (n * median)},
+        "notes": notes,
+    }
+
+
 def _free() -> None:
     gc.collect()
     if _cuda():
@@ -202,8 +271,14 @@ def main() -> None:
                     help=f"comma list of {', '.join(VARIANTS)}")
     ap.add_argument("--no-stock", action="store_true")
     ap.add_argument("--tiny", action="store_true", help="the tiny model at 64 px on the CPU (smoke test)")
+    ap.add_argument("--e2e", action="store_true", help="end to end: the sweet-spot recipe through train(), with "
+                    "checkpoints and validation every --every steps, beside the stock step")
+    ap.add_argument("--every", type=int, default=100)
+    ap.add_argument("--extrapolate-to", type=int, default=1200)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
+    if args.e2e and args.steps == 60:
+        args.steps = 300
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # optional CPU 4-bit kernels: not used
 
     work = Path(tempfile.mkdtemp(prefix="bench-train-data-"))
@@ -218,6 +293,17 @@ def main() -> None:
         photos = make_photos(work / "photos", 8, resolution + resolution // 4)
         result = {"versions": versions(), "steps": args.steps, "warmup": args.warmup, "resolution": resolution,
                   "model": "tiny" if args.tiny else "SD1.5 architecture, random init", "ours": {}}
+        if args.e2e:
+            if not args.no_stock:
+                result["stock"] = run_stock(folder, photos, 40, args.warmup, resolution)
+                _free()
+            small = {"width": 64, "height": 64, "steps": 4} if args.tiny else None
+            result["e2e"] = run_e2e(base, photos, args.steps, args.every, resolution, args.extrapolate_to, small)
+            if "stock" in result:
+                result["e2e"]["speedup_step_vs_stock"] = (result["stock"]["s_per_step_median"]
+                                                          / result["e2e"]["s_per_step_median"])
+            emit(result, args.out)
+            return
         if not args.no_stock:
             result["stock"] = run_stock(folder, photos, args.steps, args.warmup, resolution)
             _free()

@@ -10,7 +10,7 @@ grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/ex
 names="gradio gradio_client diffusers fastapi starlette uvicorn h11 click brotli groovy hf-gradio orjson
 pandas pytz tzdata python-dateutil pydantic pydantic_core annotated-types typing-inspection pydub
 python-multipart safehttpx semantic-version tomlkit typer rich shellingham markdown-it-py mdurl Pygments
-anyio peft accelerate annotated-doc opentelemetry-api"
+anyio peft accelerate annotated-doc opentelemetry-api bitsandbytes prodigyopt torchsde trampoline"
 pins=()
 for n in $names; do
   pin=$(grep -i "^${n//_/[-_]}==" requirements-lock.txt || true)
@@ -20,18 +20,24 @@ pins+=("six" "py-spy")  # python-dateutil's need; a sampling profiler for the st
 rm -rf .whl && mkdir .whl
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-  --platform manylinux_2_5_x86_64 --platform manylinux1_x86_64 -d .whl "${pins[@]}"
+  --platform manylinux_2_24_x86_64 --platform manylinux_2_5_x86_64 --platform manylinux1_x86_64 -d .whl "${pins[@]}"
 # The studio's API needs none of gradio's media demos, ffmpeg.wasm or server-side-rendering build:
 # drop them so the wheels and the repo fit the device's 64 MiB (pip does not check RECORD hashes).
 python3 - <<'PY'
 import glob, os, zipfile
+# bitsandbytes ships one native library per CUDA/ROCm/XPU version (~190 MB): the device's torch is
+# built for CUDA 13.0, so only its library and the CPU one travel.
 drop = ("gradio/media_assets/", "gradio/templates/node/", "gradio/templates/frontend/static/ffmpeg/")
-for w in glob.glob(".whl/gradio-[0-9]*.whl"):
+keep_so = ("libbitsandbytes_cpu.so", "libbitsandbytes_cuda130.so")
+for w in glob.glob(".whl/gradio-[0-9]*.whl") + glob.glob(".whl/bitsandbytes-[0-9]*.whl"):
     src = zipfile.ZipFile(w)
     with zipfile.ZipFile(w + ".tmp", "w", zipfile.ZIP_DEFLATED) as dst:
         for i in src.infolist():
-            if not i.filename.startswith(drop):
-                dst.writestr(i, src.read(i))
+            name = i.filename
+            if name.startswith(drop) or (name.endswith(".so") and "libbitsandbytes_" in name
+                                         and not name.endswith(keep_so)):
+                continue
+            dst.writestr(i, src.read(i))
     os.replace(w + ".tmp", w)
 PY
 du -sh .whl

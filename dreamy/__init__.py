@@ -25,12 +25,14 @@ from .events import CancelToken, Progress
 _LAZY = {
     "dream": "dreaming.dreams", "dream_iter": "dreaming.dreams", "recall": "dreaming.dreams",
     "sweep": "dreaming.sweeps",
-    "load_model": "models.sources",
+    "load_model": "models.sources", "download_model": "models.sources",
     "load_preset": "recipes.presets", "list_presets": "recipes.presets",
     "resolve": "recipes.recipe", "Recipe": "recipes.recipe",
     "parse_seeds": "recipes.seeds",
     "train": "training.loop", "export": "training.exports",
-    "enlarge": "enlarging.pipeline",
+    "enlarge": "enlarging.pipeline", "enlarge_many": "enlarging.batch", "enlarge_iter": "enlarging.batch",
+    "word_to_prompt": "prompt_helper", "dream_word": "prompt_helper",
+    "list_runs": "history", "open_run": "history", "list_dreams": "history", "open_dreams": "history",
 }
 
 
@@ -46,6 +48,8 @@ def __getattr__(name: str):
 
 __all__ = [
     "CancelToken", "Cancelled", "DreamyError", "LockedFieldError", "PresetError", "Progress", "RecallError",
-    "SeedSyntaxError", "SourceError", "__version__", "dream", "dream_iter", "list_presets", "load_model",
+    "SeedSyntaxError", "SourceError", "__version__", "download_model", "dream", "dream_iter", "list_presets", "load_model",
     "load_preset", "parse_seeds", "recall", "resolve", "Recipe", "sweep", "train", "export", "enlarge",
+    "enlarge_many", "enlarge_iter", "word_to_prompt", "dream_word",
+    "list_runs", "open_run", "list_dreams", "open_dreams",
 ]

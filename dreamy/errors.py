@@ -29,6 +29,11 @@ class TokenizerMissing(SourceError):
     """No cached copy of the CLIP tokenizer and nothing installed to build it from."""
 
 
+class HubUnreachable(SourceError):
+    """Weights are not in the local Hugging Face cache and cannot be downloaded now (offline, no
+    connection, downloads turned off): callers with a default may fall back to the tiny demo."""
+
+
 # --- Presets, settings, seeds and recipes (recipes/, png/) --------------------------------------------
 
 class PresetError(DreamyError):

@@ -113,7 +113,7 @@ def check_model_source(
     allowed: Iterable[str] = (),
     allow_hub: bool = True,
 ) -> str:
-    """A model source the studio may load: ``tiny``, one of ``allowed``, a hub id, or a path in ``roots``.
+    """A model source the studio may load: ``tiny``/``tiny-sdxl``, one of ``allowed``, a hub id, or a path in ``roots``.
 
     A string that exists as a path is always treated as a path (and checked, with every link inside
     a folder: :func:`check_tree`), never as a hub id. Raises PathError with one sentence.
@@ -121,7 +121,7 @@ def check_model_source(
     spec = str(spec or "").strip()
     if not spec:
         raise PathError("Choose a model.")
-    if spec == "tiny" or spec in set(allowed):
+    if spec in ("tiny", "tiny-sdxl") or spec in set(allowed):
         return spec
     if "\x00" in spec or len(spec) > 4096:
         raise PathError("The model source is malformed.")

@@ -12,18 +12,19 @@ import gradio as gr
 from dreamy.errors import Cancelled, DreamyError
 from dreamy.layout import model_choices as layout_model_choices
 from dreamy.layout import runs
-from dreamy.models.sources import DEFAULT_MODEL
+from dreamy.models.sources import DEFAULT_MODEL, SD15
 from dreamy.paths import check_tree, within
 from dreamy.recipes.presets import list_presets
 from dreamy.recipes.settings import DreamSettings
 
+from . import history
+from .dream_form import FIELDS, progress_line, quick_label, quick_try, sameness, settings_from
 from .errors import on_gpu, user_errors
 from .gallery import stream_into_gallery
 from .session import GPU, Studio
 from .typed import typed
-from .widgets import as_int, lock_toggled, locked_updates, overrides_from, preset_description, preset_widget
+from .widgets import as_int, lock_toggled, locked_updates, preset_description, preset_widget, watch_locks
 
-FIELDS = ["prompt", "negative_prompt", "guidance", "steps", "width", "height"]
 DREAM_JOBS = ("dream", "sweep", "grid", "recall")
 SEEDS_HELP = "7 · 0-15 · 1,5,9 · 100-200:10"
 PRESET = "biased-dreams"  # the preset the tab opens with
@@ -40,9 +41,11 @@ class DreamTab:
     send: Any  # (paths, selected index) -> the selected picture's path
     init: Any  # page load: () -> updates for init_outputs
     init_outputs: list
+    seeds: Any = None  # set by a grid cell opened from Train (app.py)
+    send_all_enlarge: Any = None  # "Send all to Enlarge": the gallery's pictures as Enlarge's batch (app.py)
 
 
-SD15_DOWNLOAD = "SD 1.5 (download, ~4.3 GB, CreativeML OpenRAIL-M)"  # fp32 unet, vae, text encoder
+SD15_DOWNLOAD = f"SD 1.5 (download, {SD15.summary})"  # "~4.3 GB, CreativeML OpenRAIL-M": fp32 unet, vae, text encoder
 SD15_ABSENT = "SD 1.5 (not on this machine)"
 
 
@@ -57,7 +60,8 @@ def sd15_label(studio: Studio) -> str:
 
 
 def model_choices(studio: Studio) -> list[tuple[str, str]]:
-    base = [("tiny (offline demo)", "tiny"), (sd15_label(studio), DEFAULT_MODEL)]
+    base = [("tiny (offline demo)", "tiny"), ("tiny-sdxl (offline SDXL demo)", "tiny-sdxl"),
+            (sd15_label(studio), DEFAULT_MODEL)]
     for extra in (studio.default_model, *studio.extra_models):
         if extra not in (v for _, v in base):
             base.append((extra, extra))
@@ -80,19 +84,32 @@ def build(studio: Studio) -> DreamTab:
                                   scale=2)
             unlock = gr.Checkbox(False, label="Unlock the preset's locked settings (recorded in every image)",
                                  elem_id="dream-unlock")
+            widgets: dict[str, Any] = {}
+
+            def field(n: str, **kwargs: Any) -> Any:
+                # the preset's values from the start (also the API's defaults), its locks marked (widgets.lock_mark)
+                widgets[n] = preset_widget(DreamSettings, n, PRESET, "dream", marks=True, elem_id=f"dream-{n}", **kwargs)
+                return widgets[n]
+
             with gr.Group():
-                # the preset's values from the start: also the API's defaults (widgets.preset_widget)
-                prompt = preset_widget(DreamSettings, "prompt", PRESET, "dream", lines=2, elem_id="dream-prompt")
-                negative = preset_widget(DreamSettings, "negative_prompt", PRESET, "dream",
-                                         elem_id="dream-negative_prompt")
-                with gr.Row():
-                    guidance, steps, width, height = (
-                        preset_widget(DreamSettings, n, PRESET, "dream", min_width=80, elem_id=f"dream-{n}")
-                        for n in ("guidance", "steps", "width", "height"))
-            fields = [prompt, negative, guidance, steps, width, height]
+                field("prompt", lines=2)
+                field("negative_prompt")
+                for pair in (("guidance", "steps"), ("width", "height")):  # two abreast: room for the lock notes
+                    with gr.Row():
+                        for n in pair:
+                            field(n, min_width=120)
+            with gr.Accordion("Sampler and prompt syntax", open=False):
+                with gr.Group():
+                    with gr.Row():
+                        field("sampler", min_width=120)
+                        field("prompt_syntax", min_width=120)
+                    field("scheduler", info="the sampler's diffusers arguments (JSON)")
+            fields = [widgets[n] for n in FIELDS]
             with gr.Row():
                 go = gr.Button("Dream", variant="primary", elem_id="dream-go", scale=3)
                 stop = gr.Button("Stop", variant="stop", elem_id="dream-stop", scale=1)
+            quick = gr.Button(f"Quick try: {quick_label()} (unlocked, recorded in every image)", size="sm",
+                              elem_id="dream-quick")
             with gr.Accordion("Prompt helper", open=False, visible=bool(studio.prompt_model)):
                 with gr.Row():
                     word = gr.Textbox(label="One word", scale=3)
@@ -100,12 +117,13 @@ def build(studio: Studio) -> DreamTab:
             with gr.Accordion("Recall: drop a PNG (or another tool's JPEG/WebP) to see and re-dream its recipe",
                               open=False):
                 recall_png = gr.File(label="PNG, JPEG or WebP", file_types=[".png", ".jpg", ".jpeg", ".webp"],
-                                     type="filepath", height=120, elem_id="dream-recall")
+                                     type="filepath", elem_id="dream-recall")  # no height: its row is not clipped
                 recall_info = gr.Markdown()
                 with gr.Row():
                     recall_use = gr.Button("Use its settings")
                     recall_go = gr.Button("Re-dream it exactly", variant="primary")
                 recall_out = gr.Image(label="Re-dreamed", type="filepath", format="png", height=256, interactive=False)
+                recall_status = gr.Markdown(elem_id="dream-recall-status")  # with its result, not under the gallery
             with gr.Accordion("Checkpoint × seed grid: find the window", open=False):
                 gr.Markdown("Dreams the seeds above on every checkpoint of a training run (rows) with this preset.",
                             elem_classes="dreamy-note")
@@ -126,59 +144,70 @@ def build(studio: Studio) -> DreamTab:
             gallery = gr.Gallery(label="Dreams", format="png", columns=4, height=480, object_fit="contain",
                                  elem_id="dream-gallery", preview=False)
             status = gr.Markdown(elem_id="dream-status")
-            sheet = gr.File(label="Contact sheet / grid (PNG with recipe)", interactive=False, height=60)
+            # a picture, not a file link: the PNG itself (recipe inside) is served and downloaded as it is
+            sheet = gr.Image(label="Contact sheet / grid (PNG with recipe)", type="filepath", format="png",
+                             interactive=False, height=360, elem_id="dream-sheet")
             with gr.Row():
                 send_enlarge = gr.Button("Send to Enlarge", size="sm")
+                send_all_enlarge = gr.Button("Send all to Enlarge", size="sm")
                 send_particles = gr.Button("Send to Particles", size="sm")
             with gr.Row():
                 set_name = gr.Textbox("candidates", label="Training set", scale=2, min_width=120)
                 add = gr.Button("Add selected to training set", size="sm", scale=2)
+            past = history.past_dreams_picker(studio)  # a past job back in the gallery (studio/history.py)
     paths = gr.State([])
     selected = gr.State(None)
+    history.wire_past_dreams(studio, past, gallery, sheet, status, paths, selected)
 
     # ---- handlers: each turns widget values into one core call ----
 
     def dream(model: str, preset: str, seeds: str, unlock: bool, batch_size: float, prompt: str,
               negative_prompt: str, guidance: float, steps: float, width: float, height: float,
-              request: gr.Request, progress=gr.Progress()):
-        """Dream every seed with the preset (locked fields can only change with unlock=True); streams PNGs."""
+              sampler: str | None = None, prompt_syntax: str | None = None, scheduler: str | None = None,
+              request: gr.Request = None, progress=gr.Progress()):
+        """Dream every seed with the preset (locked fields can only change with unlock=True); streams PNGs.
+        ``sampler``, ``prompt_syntax`` and ``scheduler`` (JSON) may be left out: the preset's."""
         from dreamy.dreaming.dreams import dream_stream
 
         with user_errors("dream"):
             source = studio.model_source(model)
             bs = as_int(batch_size, "Batch size")
             on_disk(studio, source, progress)
-            overrides = overrides_from(FIELDS, (prompt, negative_prompt, guidance, steps, width, height))
+            overrides = settings_from(FIELDS, (prompt, negative_prompt, guidance, steps, width, height, sampler,
+                                               prompt_syntax, scheduler))
             yield from stream_into_gallery(
                 studio, request, "dream", "dream",
                 lambda token, out: dream_stream(source, preset, seeds, out_dir=out, overrides=overrides,
                                                 unlock=unlock, batch_size=bs, keep_loaded=True, cancel=token,
-                                                on_progress=lambda e: progress(e.fraction, desc=e.message)),
+                                                on_progress=progress_line(progress, bs)),
                 caption=lambda r: (r.path, f"seed {r.seed}"),
                 label=lambda r: f" · {r.recipe.model.label}" if r.recipe.model.kind == "tiny" else "",
                 batch=bs)  # one gallery update per batch decoded, not one per picture
 
     def prompt_sweep(model: str, preset: str, seeds: str, unlock: bool, variants: str, negative_prompt: str,
-                     guidance: float, steps: float, width: float, height: float,
-                     request: gr.Request, progress=gr.Progress()):
+                     guidance: float, steps: float, width: float, height: float, sampler: str | None = None,
+                     prompt_syntax: str | None = None, scheduler: str | None = None,
+                     request: gr.Request = None, progress=gr.Progress()):
         """Dream each prompt variant (one per line; {prompt} = the preset's) × every seed; a labelled grid."""
         from dreamy.dreaming.prompt_sweeps import prompt_sweep_stream
 
         with user_errors("sweep"):
             source = studio.model_source(model)
             on_disk(studio, source, progress)
-            overrides = overrides_from(FIELDS[1:], (negative_prompt, guidance, steps, width, height))
+            overrides = settings_from(FIELDS[1:], (negative_prompt, guidance, steps, width, height, sampler,
+                                                   prompt_syntax, scheduler))
             for update in stream_into_gallery(
                     studio, request, "sweep", "prompt-sweep",
                     lambda token, out: prompt_sweep_stream(source, preset, variants, seeds, out, overrides=overrides,
                                                            unlock=unlock, keep_loaded=True, cancel=token,
-                                                           on_progress=lambda e: progress(e.fraction, desc=e.message)),
+                                                           on_progress=progress_line(progress)),
                     caption=lambda c: (c.image.path, f"{c.row + 1} · seed {c.image.seed}")):
                 yield *update, update[1]  # the grid also shows in the sweep's own image
 
     def checkpoint_grid(run: str, checkpoints: str, preset: str, seeds: str, unlock: bool, prompt: str,
                         negative_prompt: str, guidance: float, steps: float, width: float, height: float,
-                        request: gr.Request, progress=gr.Progress()):
+                        sampler: str | None = None, prompt_syntax: str | None = None, scheduler: str | None = None,
+                        request: gr.Request = None, progress=gr.Progress()):
         """Dream the seeds on every checkpoint of a training run (checkpoints as rows): the "find the window" grid."""
         from dreamy.dreaming.sweeps import sweep
 
@@ -186,13 +215,15 @@ def build(studio: Studio) -> DreamTab:
             if not run:
                 raise gr.Error("Choose a training run (runs appear here once Train has saved a checkpoint).")
             folder = check_tree(run, [studio.models], "training run")  # every checkpoint in it is read
-            overrides = overrides_from(FIELDS, (prompt, negative_prompt, guidance, steps, width, height))
+            overrides = settings_from(FIELDS, (prompt, negative_prompt, guidance, steps, width, height, sampler,
+                                               prompt_syntax, scheduler))
             with studio.job_folder("checkpoint-grid") as out, studio.running(request, "grid") as token:
                 try:
                     # the base row's source comes from the run's run.json: vetted like a picked model
                     drawn = sweep(str(folder), preset, seeds, out, checkpoints=checkpoints.strip() or None,
                                   overrides=overrides, unlock=unlock, check_source=studio.model_source,
-                                  on_progress=lambda e: progress(e.fraction, desc=e.message), cancel=token)
+                                  on_progress=lambda e: progress(e.fraction, desc=f"batch {e.step} of {e.steps} · "
+                                                                 f"{e.message}"), cancel=token)
                 except Cancelled:
                     said = f"Stopped; the finished images are kept in `{studio.where(out)}`."
                     studio.record(request, "grid", (said, None))  # the browser cancels this event: Stop shows it
@@ -224,7 +255,7 @@ def build(studio: Studio) -> DreamTab:
             progress(0, desc="re-dreaming")
             with studio.job_folder("recall") as out:  # the model a PNG names is checked: it may name any path
                 r = core_recall(png, out_dir=out, device="auto", keep_loaded=True, check_source=studio.model_source)
-            return str(r.path), f"Re-dreamed seed {r.seed} · `{studio.where(out)}`"
+            return str(r.path), f"Re-dreamed seed {r.seed}: {sameness(png, r.path)} · `{studio.where(out)}`"
 
     def use_settings(png: str | None, current_preset: str):
         from dreamy.png.info import dream_form
@@ -237,7 +268,7 @@ def build(studio: Studio) -> DreamTab:
             seed = str(form.seed) if form.seed is not None else gr.update()
             mdl = form.model if form.model and _allowed(studio, form.model) else gr.update()
             return [gr.update(value=form.preset), seed, needs_unlock, mdl,
-                    *locked_updates(form.preset, "dream", FIELDS, needs_unlock, form.values)]
+                    *locked_updates(form.preset, "dream", FIELDS, needs_unlock, form.values, marks=True)]
 
     def select(evt: gr.SelectData):
         return evt.index
@@ -270,14 +301,22 @@ def build(studio: Studio) -> DreamTab:
     gpu = {"concurrency_id": GPU, "concurrency_limit": 1}
     outs = [gallery, sheet, status, paths, selected]
     # typed(): every value from the page or an API client must have its widget's type (studio/typed.py)
+    # One progress bar per job, on the gallery (Gradio draws one on every output otherwise)
+    on_gallery = {"show_progress_on": [gallery]}
     ins = [model, preset, seeds, unlock, batch, *fields]
-    dream_ev = go.click(on_gpu(typed(dream, ins)), ins, outs, api_name="dream", **gpu)
+    dream_ev = go.click(on_gpu(typed(dream, ins)), ins, outs, api_name="dream", **gpu, **on_gallery)
+    # Quick try: the quick-try preset's changes go into the form, unlocked (so recorded), then it dreams
+    quick_ev = quick.click(quick_try, [preset, *fields], [unlock, *fields], api_visibility="private",
+                           queue=False, show_progress="hidden").success(on_gpu(typed(dream, ins)), ins, outs, api_visibility="private",
+                                                **gpu, **on_gallery)
     ins = [model, preset, seeds, unlock, variants, *fields[1:]]
-    sweep_ev = sweep_go.click(on_gpu(typed(prompt_sweep, ins)), ins, [*outs, sweep_img], api_name="prompt_sweep", **gpu)
+    sweep_ev = sweep_go.click(on_gpu(typed(prompt_sweep, ins)), ins, [*outs, sweep_img], api_name="prompt_sweep",
+                              **gpu, **on_gallery)
     ins = [run, which, preset, seeds, unlock, *fields]
     grid_ev = grid_go.click(on_gpu(typed(checkpoint_grid, ins)), ins, [*outs, grid_img],
-                            api_name="checkpoint_grid", **gpu)
-    recall_ev = recall_go.click(on_gpu(recall), [recall_png], [recall_out, status], api_name="recall", **gpu)
+                            api_name="checkpoint_grid", **gpu, **on_gallery)
+    recall_ev = recall_go.click(on_gpu(recall), [recall_png], [recall_out, recall_status], api_name="recall", **gpu,
+                                show_progress_on=[recall_out])
     def stop_jobs(request: gr.Request):
         """Stop this session's running dream, sweep or grid at its next step; finished images are kept.
         Returns the stopped job's status and contact sheet once it has wound down."""
@@ -287,21 +326,25 @@ def build(studio: Studio) -> DreamTab:
         return outcome if outcome else ("Stopped.", gr.update())
 
     stop.click(stop_jobs, None, [status, sheet], api_name="stop",
-               cancels=[dream_ev, sweep_ev, grid_ev, recall_ev], concurrency_limit=None, queue=False)
+               cancels=[dream_ev, quick_ev, sweep_ev, grid_ev, recall_ev], concurrency_limit=None, queue=False)
     recall_png.change(read_recipe, recall_png, recall_info, api_name="read_recipe")
+    recall_png.change(lambda: (None, ""), None, [recall_out, recall_status], api_visibility="private",
+                      queue=False)  # another file: the last re-dream and its verdict go
     recall_use.click(use_settings, [recall_png, preset], [preset, seeds, unlock, model, *fields],
-                     api_visibility="private")
-    preset.input(lambda name, u: [preset_description(name), *locked_updates(name, "dream", FIELDS, u)],
-                 [preset, unlock], [description, *fields], api_visibility="private")
-    unlock.input(lambda name, u: lock_toggled(name, "dream", FIELDS, u), [preset, unlock], fields,
-                 api_visibility="private")
+                     api_visibility="private", show_progress="hidden")
+    preset.input(lambda name, u: [preset_description(name), *locked_updates(name, "dream", FIELDS, u, marks=True)],
+                 [preset, unlock], [description, *fields], api_visibility="private", show_progress="hidden")
+    unlock.input(lambda name, u, *now: lock_toggled(name, "dream", FIELDS, u, now, marks=True),
+                 [preset, unlock, *fields], fields, api_visibility="private", show_progress="hidden")
+    watch_locks(preset, unlock, widgets, "dream")  # an unlocked field that differs from the preset says so
     gallery.select(select, None, selected, api_visibility="private")
     add.click(add_to_set, [paths, selected, set_name], status, api_visibility="private")
-    grow.click(grow_prompt, [word, unlock], [prompt, status], api_visibility="private")
+    grow.click(grow_prompt, [word, unlock], [widgets["prompt"], status], api_visibility="private")
     def init():
-        return locked_updates(PRESET, "dream", FIELDS, False)
+        return locked_updates(PRESET, "dream", FIELDS, False, marks=True)
 
-    return DreamTab(model, run, paths, selected, send_enlarge, send_particles, send, init, fields)
+    return DreamTab(model, run, paths, selected, send_enlarge, send_particles, send, init, fields, seeds=seeds,
+                    send_all_enlarge=send_all_enlarge)
 
 
 def refresh_pickers(studio: Studio):

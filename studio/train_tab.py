@@ -14,12 +14,13 @@ from typing import Any
 import gradio as gr
 
 from dreamy.errors import DreamyError
+from dreamy.history import loss_history
 from dreamy.layout import checkpoints, step_of
 from dreamy.paths import check_name, within
 from dreamy.recipes.presets import list_presets, load_preset
 from dreamy.recipes.settings import DreamSettings, TrainSettings
+from dreamy.training.corridor_report import read_rows
 from dreamy.training.corridor_report import summary as corridor_summary
-from dreamy.training.logbook import LOG_NAME, LossLog
 from dreamy.training.sets import (
     add_to_training_set,
     list_training_sets,
@@ -28,15 +29,26 @@ from dreamy.training.sets import (
     training_set_report,
 )
 
+from . import history
 from .errors import user_errors
 from .session import GPU, Studio
 from .typed import typed
-from .widgets import field_widget, lock_toggled, locked_updates, overrides_from, preset_description
+from .widgets import (
+    field_widget,
+    lock_toggled,
+    locked_updates,
+    overrides_from,
+    preset_description,
+    preset_widget,
+)
 
 FIELDS = ["mode", "learning_rate", "max_train_steps", "checkpointing_steps", "resolution", "train_batch_size",
           "gradient_accumulation_steps", "instance_prompt", "class_prompt", "validation_seeds"]
 VALIDATION = ["width", "height", "steps"]
 UPDATE_EVERY_S = 0.5  # stream at most this often between checkpoints (loss plot, status)
+PRESET = "sweet-spot"  # the preset the tab opens with
+LOG_TO_END = ("() => { const t = document.querySelector('#train-log textarea');"
+              " if (t) requestAnimationFrame(() => { t.scrollTop = t.scrollHeight; }); }")
 
 
 EXPORTS = [("single file + model card", "single-file,card"), ("diffusers folder + model card", "diffusers,card"),
@@ -53,6 +65,8 @@ class TrainTab:
     shown: object
     shown_inputs: list
     shown_outputs: list
+    to_dream: gr.Button  # Dream the picked cell of the run's grid (app.py switches tabs)
+    picked: list  # [run name, cell index]: what to_dream sends
 
 
 def train_blocked() -> str | None:
@@ -123,22 +137,25 @@ def build(studio: Studio) -> TrainTab:
                 base = gr.Dropdown([("tiny (offline demo)", "tiny"), studio.default_model] if
                                    studio.default_model != "tiny" else [("tiny (offline demo)", "tiny")],
                                    value=studio.default_model, label="Base model", allow_custom_value=True)
-                preset = gr.Dropdown(list_presets(), value="sweet-spot", label="Preset")
-            description = gr.Markdown(preset_description("sweet-spot"), elem_classes="dreamy-note")
+                preset = gr.Dropdown(list_presets(), value=PRESET, label="Preset", elem_id="train-preset")
+            description = gr.Markdown(preset_description(PRESET), elem_classes="dreamy-note")
             unlock = gr.Checkbox(False, label="Unlock the preset's locked settings (recorded in the run)",
                                  elem_id="train-unlock")
             with gr.Group():
                 widgets = {}
                 for row in (FIELDS[:2], FIELDS[2:4], FIELDS[4:7]):
                     with gr.Row():
-                        widgets |= {n: field_widget(TrainSettings, n, min_width=90, elem_id=f"train-{n}") for n in row}
-                widgets |= {n: field_widget(TrainSettings, n, elem_id=f"train-{n}") for n in FIELDS[7:]}
+                        widgets |= {n: preset_widget(TrainSettings, n, PRESET, "train", min_width=90,
+                                                     elem_id=f"train-{n}") for n in row}
+                # the preset's values from the start: also the API's defaults (widgets.preset_widget)
+                widgets |= {n: preset_widget(TrainSettings, n, PRESET, "train", elem_id=f"train-{n}")
+                            for n in FIELDS[7:]}
             fields = [widgets[n] for n in FIELDS]
             with gr.Accordion("Validation renders (Dream preset, same seeds each checkpoint)", open=False):
                 gr.Markdown("Smaller renders are faster on a CPU; any change is recorded in each validation PNG.",
                             elem_classes="dreamy-note")
                 with gr.Row():
-                    v_fields = [field_widget(DreamSettings, n, value=getattr(load_preset("sweet-spot").dream, n),
+                    v_fields = [field_widget(DreamSettings, n, value=getattr(load_preset(PRESET).dream, n),
                                              min_width=80, elem_id=f"train-validation-{n}") for n in VALIDATION]
         with gr.Column(scale=1, min_width=340):
             gr.Markdown("**3 · Run and watch the corridor**", elem_classes="dreamy-step")
@@ -151,13 +168,15 @@ def build(studio: Studio) -> TrainTab:
             # What the status says now, for Stop with nothing running to leave it as it is. Stop is not
             # queued (a full queue must not refuse it), so it cannot toast; a State is no API parameter.
             shown_status = gr.State(IDLE)
-            loss = gr.LinePlot(_loss_frame([]), x="step", y="loss", height=200, label="Loss", show_label=True,
-                               x_title="step", y_title="loss", elem_id="train-loss")
-            # The whole grid, scaled down into the frame (app.py's CSS keeps it below the floating label);
-            # the frame's full-screen button shows it large.
-            grid = gr.Image(label="Validation grid: checkpoints × seeds", type="filepath", format="png",
-                            interactive=False, height=400, elem_id="train-grid")
-            log = gr.Textbox(label="Log", lines=5, max_lines=5, interactive=False, autoscroll=True)
+            # The way back to a past run: its plots, grid, log and status from disk, its recipe in the form
+            opened = gr.Dropdown(history.run_choices(studio), value=None, label="Open run", elem_id="train-open",
+                                 info="a past run from models/, most recent first: loss, grid, corridor, log")
+            # The newest lines at the bottom, scrolled into view (autoscroll follows them as they come)
+            log = gr.Textbox(label="Log", lines=8, max_lines=8, interactive=False, autoscroll=True,
+                             elem_id="train-log")
+            # Gradio's autoscroll follows only a box already scrolled to its end, and a whole log set at
+            # once (an opened run) or while the tab was hidden stayed at its first lines: scroll on change
+            log.change(None, None, None, js=LOG_TO_END, queue=False, api_visibility="private")
             with gr.Accordion("Export a checkpoint", open=False):
                 # a code span: bare <run> would be taken for an HTML tag and swallow the rest of the note
                 gr.Markdown("Into `models/<run>/export/step-XXXX/`. Pick the step inside the corridor.",
@@ -170,6 +189,27 @@ def build(studio: Studio) -> TrainTab:
                                           elem_id="train-export-what")
                 ex_go = gr.Button("Export", size="sm")
                 exported = gr.File(label="Exported files", interactive=False, file_count="multiple", height=80)
+    # The run view: loss and the corridor meter side by side, the grid and its cells (one opens in Dream)
+    with gr.Row(equal_height=False):
+        loss = gr.LinePlot(history.loss_frame([]), x="step", y="loss", height=280, label="Loss", show_label=True,
+                           x_title="step", y_title="loss", elem_id="train-loss")
+        with gr.Column():
+            corridor = history.corridor_plot(elem_id="train-corridor")
+            gr.Markdown(history.CORRIDOR_CAPTION, elem_classes="dreamy-note")
+    with gr.Row(equal_height=False):
+        # The whole grid, scaled down into the frame (app.py's CSS keeps it below the floating label);
+        # the frame's full-screen button shows it large.
+        grid = gr.Image(label="Validation grid: checkpoints × seeds", type="filepath", format="png",
+                        interactive=False, height=400, elem_id="train-grid", scale=2)
+        with gr.Column(scale=3):
+            cells = gr.Gallery(label="Pick a checkpoint and seed", columns=4, height=400, object_fit="contain",
+                               format="png", interactive=False, preview=False, elem_id="train-cells")
+            with gr.Row():
+                cells_note = gr.Markdown(history.cell_note(None), elem_classes="dreamy-note", elem_id="train-cells-note")
+                to_dream = gr.Button(history.DREAM_IT, size="sm", variant="primary", scale=0, min_width=120,
+                                     elem_id="train-to-dream")
+    # The run the view shows ("" none), and after each validation "<run>|<step>": its change re-reads the cells
+    shown_run, validated, picked_cell = gr.State(""), gr.State(""), gr.State(None)
 
     def show_set(name: str, resolution: float):
         with user_errors("train"):
@@ -240,7 +280,7 @@ def build(studio: Studio) -> TrainTab:
                 validation = overrides_from(VALIDATION, (validation_width, validation_height, validation_steps))
                 rows: list[dict] = []  # the plot: the run's whole history, resumed steps after the earlier ones
                 lines: deque[str] = deque(maxlen=200)
-                grid_path, last = None, 0.0
+                grid_path, last, meter, seen = None, 0.0, [], ""
                 head = "Starting…"
                 with studio.running(request, "train") as token:
                     for ev in train_on_set(studio.training_sets, set_name, name=name.strip(), preset=preset,
@@ -258,12 +298,15 @@ def build(studio: Studio) -> TrainTab:
                         elif isinstance(ev, ValidationDone):
                             grid_path = str(ev.grid)
                             lines.append(ev.describe())
-                            lines += [t for t in [corridor_summary(ev.grid.parent.parent)] if t]  # before/inside/past
+                            run_dir = ev.grid.parent.parent
+                            lines += [t for t in [corridor_summary(run_dir)] if t]  # before/inside/past
+                            meter, seen = read_rows(run_dir), f"{run_dir.name}|{ev.step}"  # measured before this event
                         elif isinstance(ev, Started):
                             lines.extend(ev.images)
                             lines.append(ev.describe())
                             if ev.resumed_from is not None:  # the steps before this session, from the run's log
-                                rows = _loss_history(ev.run_dir, ev.resumed_from)
+                                rows = loss_history(ev.run_dir, ev.resumed_from)
+                                meter = [r for r in read_rows(ev.run_dir) if r["step"] <= ev.resumed_from]
                                 earlier = ev.run_dir / "validation" / GRID_NAME
                                 grid_path = str(earlier) if earlier.is_file() else grid_path
                         elif isinstance(ev, CheckpointSaved | Notice):
@@ -272,7 +315,8 @@ def build(studio: Studio) -> TrainTab:
                             head = _finished_line(ev, name.strip())
                             lines.append(ev.describe())
                         last = time.monotonic()
-                        yield head, _loss_frame(rows), grid_path, "\n".join(lines)
+                        yield (head, history.loss_frame(rows), grid_path, "\n".join(lines),
+                               history.corridor_frame(meter), seen)
 
         handler.__doc__ = doc
         return handler
@@ -311,9 +355,21 @@ def build(studio: Studio) -> TrainTab:
     def formats_of(run_name: str, step: str | None, what: str | None):
         return _formats(_checkpoints(studio, run_name), step, what)
 
+    opened_outputs = [status, loss, grid, log, corridor, cells, cells_note, run_name, shown_run, picked_cell,
+                      to_dream, preset, description, unlock, *fields, *v_fields, set_name]
+    opened.input(lambda name, current: history.open_run_updates(studio, name, current, FIELDS, VALIDATION, PRESET),
+                 [opened, set_name], opened_outputs, api_visibility="private")
+    # listed afresh whenever it is opened: runs trained since the page loaded (or by the CLI) are there
+    opened.focus(lambda: gr.update(choices=history.run_choices(studio)), None, opened, queue=False,
+                 api_visibility="private")
+    validated.change(lambda seen: history.cells_updates(studio, seen), validated,
+                     [cells, cells_note, shown_run, picked_cell, to_dream, opened], queue=False,
+                     api_visibility="private")
+    cells.select(history.picked, None, [picked_cell, to_dream], api_visibility="private")
+
     set_view = [thumbs, problems, shown_names, set_files]
     inputs = [set_name, base, preset, run_name, unlock, *fields, *v_fields]
-    outputs = [status, loss, grid, log]
+    outputs = [status, loss, grid, log, corridor, validated]  # validated: a State, no API output
     gpu = {"concurrency_id": GPU, "concurrency_limit": 1}
     # typed(): each value must have its widget's type, so "false" is no unlock (studio/typed.py)
     ev_start = start.click(typed(start_run, inputs), inputs, outputs, api_name="train", **gpu)
@@ -346,11 +402,13 @@ def build(studio: Studio) -> TrainTab:
         """Page load: the sets on disk now (the page may be older than the newest set), the preset's locks."""
         names = _set_names(studio)
         chosen = _pick_set(names, set_name.value)
-        return [*locked_updates("sweet-spot", "train", FIELDS, False), gr.update(choices=names, value=chosen),
-                *show_set(chosen, 512), *steps_of(run_name.value, ex_what.value)]
+        return [*locked_updates(PRESET, "train", FIELDS, False), gr.update(choices=names, value=chosen),
+                *show_set(chosen, 512), *steps_of(run_name.value, ex_what.value),
+                gr.update(choices=history.run_choices(studio))]
 
-    return TrainTab([ev_start, ev_resume], init, [*fields, set_name, *set_view, ex_step, ex_what],
-                    sets_shown, [set_name, widgets["resolution"]], [set_name, *set_view])
+    return TrainTab([ev_start, ev_resume], init, [*fields, set_name, *set_view, ex_step, ex_what, opened],
+                    sets_shown, [set_name, widgets["resolution"]], [set_name, *set_view], to_dream,
+                    [shown_run, picked_cell])
 
 
 def _duration(seconds: float) -> str:
@@ -361,21 +419,6 @@ def _duration(seconds: float) -> str:
 def _pick_set(names: list[str], current: str | None = None) -> str:
     """The set a fresh page shows: the one it had if it still exists, else the first on disk."""
     return current if current in names else (names[0] if names else current or "photos")
-
-
-def _loss_frame(rows: list[dict]):
-    """The loss plot's data, numeric even when empty. Gradio's LinePlot takes a column of dtype object
-    for categories; a run's first frame (no step yet) was one, and the page kept those axes for the
-    whole run: one evenly spaced tick per loss value."""
-    import pandas as pd
-
-    return pd.DataFrame(rows, columns=["step", "loss"]).astype({"step": "int64", "loss": "float64"})
-
-
-def _loss_history(run_dir: Path, upto: int) -> list[dict]:
-    """The run's logged losses up to step ``upto`` (logs/loss.jsonl), for a resumed run's plot."""
-    return [{"step": r["step"], "loss": r["loss"]} for r in LossLog(run_dir / "logs" / LOG_NAME).rows()
-            if r["step"] <= upto and isinstance(r.get("loss"), int | float)]
 
 
 def _checkpoints(studio: Studio, run_name: str) -> list[tuple[int, Path]]:

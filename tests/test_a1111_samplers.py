@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -14,7 +15,6 @@ from PIL import Image, PngImagePlugin
 from dreamy.errors import PresetError
 from dreamy.recipes.samplers import SD1_SCHEDULE, a1111_name, check_sampler_runs, from_a1111, is_noisy
 
-HAS_TORCHSDE = importlib.util.find_spec("torchsde") is not None
 KARRAS = {**SD1_SCHEDULE, "use_karras_sigmas": True}
 DDIM = {**SD1_SCHEDULE, "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1}
 
@@ -40,15 +40,22 @@ def test_a1111_19_writes_the_schedule_apart():
     assert from_a1111("  Euler   a ") == ("euler_a", SD1_SCHEDULE)
 
 
-def test_dpmpp_sde_karras_needs_torchsde():
-    if HAS_TORCHSDE:
-        assert from_a1111("DPM++ SDE Karras") == ("dpmpp_sde", KARRAS)
-        assert a1111_name("dpmpp_sde", KARRAS) == "DPM++ SDE Karras"
-    else:
-        with pytest.raises(PresetError, match=r"needs the torchsde package, which is not installed here"):
-            from_a1111("DPM++ SDE Karras")
-        with pytest.raises(PresetError, match=r"torchsde"):
-            check_sampler_runs("dpmpp_sde", KARRAS, 20, "x")
+def test_dpmpp_sde_karras_runs_and_its_name_goes_both_ways():
+    assert from_a1111("DPM++ SDE Karras") == ("dpmpp_sde", KARRAS)
+    assert from_a1111("DPM++ SDE", "Karras") == ("dpmpp_sde", KARRAS)
+    assert from_a1111("DPM++ SDE") == ("dpmpp_sde", SD1_SCHEDULE)
+    assert a1111_name("dpmpp_sde", KARRAS) == "DPM++ SDE Karras" and a1111_name("dpmpp_sde", {}) == "DPM++ SDE"
+    check_sampler_runs("dpmpp_sde", KARRAS, 20, "test")
+
+
+def test_without_torchsde_dpmpp_sde_is_refused_in_one_sentence(monkeypatch):
+    """torchsde is a requirement; an install without it (someone embedding Dreamy) is told what to do."""
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torchsde" else real(name, *a))
+    with pytest.raises(PresetError, match=r"needs the torchsde package, which is not installed here \(pip install"):
+        from_a1111("DPM++ SDE Karras")
+    with pytest.raises(PresetError, match=r"torchsde"):
+        check_sampler_runs("dpmpp_sde", {**KARRAS, "beta_end": 0.0121}, 20, "x")
 
 
 @pytest.mark.parametrize("name, schedule, said", [
@@ -81,7 +88,7 @@ def test_the_dry_run_of_a_noisy_sampler_leaves_torchs_global_generator_alone():
 
 # ---- one generator per seed ----
 
-NOISY = ["euler_a", "dpmpp_2m_sde", *(["dpmpp_sde"] if HAS_TORCHSDE else [])]
+NOISY = ["euler_a", "dpmpp_2m_sde", "dpmpp_sde"]
 ALL = [*NOISY, "euler", "dpmpp_2m", "ddim", "pndm"]
 KWARGS = {"dpmpp_sde": KARRAS, "dpmpp_2m_sde": KARRAS, "ddim": DDIM, "pndm": from_a1111("PLMS")[1]}
 
@@ -144,6 +151,68 @@ def test_noisy_samplers_match_stock_diffusers_with_a_generator_per_image(tiny_mo
         out = pipe(s.prompt, negative_prompt=s.negative_prompt, guidance_scale=s.guidance, num_inference_steps=s.steps,
                    width=64, height=64, generator=torch.Generator("cpu").manual_seed(r.seed))
         assert np.array_equal(np.asarray(out.images[0]), np.asarray(r.image)), f"{sampler} seed {r.seed}"
+
+
+def test_dpmpp_sde_matches_stock_diffusers_seeded_per_image(tiny_model, tiny_dir):
+    """Stock StableDiffusionPipeline, one image at a time, its DPMSolverSDEScheduler's Brownian tree
+    seeded with the image's seed (``noise_sampler_seed``, as A1111 seeds it) and its generator too,
+    against Dreamy's batch of three: bit-identical on the CPU, and no torchsde warning escapes."""
+    from diffusers import DPMSolverSDEScheduler, StableDiffusionPipeline
+
+    from dreamy.dreaming.dreams import dream
+
+    ov = {"width": 64, "height": 64, "steps": 4, "sampler": "dpmpp_sde", "scheduler": KARRAS}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        results = dream(tiny_model, "biased-dreams", "3,11,12", overrides=ov, unlock=True, batch_size=3)
+    assert not [w for w in caught if "Should have" in str(w.message)]  # torchsde's harmless clamp note is silenced
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_dir, safety_checker=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    s = results[0].recipe.settings
+    for r in results:
+        pipe.scheduler = DPMSolverSDEScheduler(**KARRAS, noise_sampler_seed=r.seed)
+        out = pipe(s.prompt, negative_prompt=s.negative_prompt, guidance_scale=s.guidance, num_inference_steps=s.steps,
+                   width=64, height=64, generator=torch.Generator("cpu").manual_seed(r.seed))
+        assert np.array_equal(np.asarray(out.images[0]), np.asarray(r.image)), f"seed {r.seed}"
+
+
+def test_dpmpp_sde_draws_its_brownian_noise_on_the_cpu_in_fp32():
+    """Whatever the latents' device and dtype, a seed's Brownian tree is the fp32 CPU one (as its
+    starting noise is), cast to the latents' dtype: a seed's noise does not depend on the machine."""
+    from diffusers.schedulers.scheduling_dpmsolver_sde import BrownianTreeNoiseSampler
+
+    from dreamy.recipes.samplers import make_scheduler
+
+    draws = {}
+    for dtype in (torch.float32, torch.bfloat16, torch.float64):
+        scheduler = make_scheduler("dpmpp_sde", KARRAS)
+        scheduler.set_timesteps(4)
+        scheduler.noise_sampler_seed = [5, 9]
+        x = torch.zeros(2, 4, 8, 8, dtype=dtype)
+        scheduler.step(torch.zeros_like(x), scheduler.timesteps[0], x)
+        s = scheduler.sigmas
+        draws[dtype] = scheduler.noise_sampler(s[0], s[1])
+        assert draws[dtype].dtype == dtype
+    ref = BrownianTreeNoiseSampler(torch.zeros(2, 4, 8, 8), s[s > 0].min().item(), s.max().item(), [5, 9])(s[0], s[1])
+    assert torch.equal(draws[torch.float32], ref)
+    assert torch.equal(draws[torch.bfloat16], ref.to(torch.bfloat16)) and torch.equal(draws[torch.float64], ref.double())
+    alone = BrownianTreeNoiseSampler(torch.zeros(1, 4, 8, 8), s[s > 0].min().item(), s.max().item(), [9])(s[0], s[1])
+    assert torch.equal(alone[0], ref[1])  # seed 9's tree is its own, whatever row it is in
+
+
+def test_dpmpp_sde_karras_round_trips_through_a1111_parameters(tiny_model, tmp_path):
+    """Dreamy writes "Sampler: DPM++ SDE Karras"; that text, read as another tool's file, maps back."""
+    from dreamy.dreaming.dreams import dream
+    from dreamy.png.info import describe_png
+    from dreamy.png.metadata import read_recipe, read_text_chunks
+
+    ov = {"width": 64, "height": 64, "steps": 2, "sampler": "dpmpp_sde", "scheduler": KARRAS}
+    [r] = dream(tiny_model, "biased-dreams", "4", overrides=ov, unlock=True, out_dir=tmp_path)
+    text = read_text_chunks(r.path)["parameters"]
+    assert "Sampler: DPM++ SDE Karras," in text
+    assert (read_recipe(r.path).settings.sampler, read_recipe(r.path).settings.scheduler) == ("dpmpp_sde", KARRAS)
+    info = describe_png(_png(tmp_path / "only-parameters.png", text))
+    assert (info.values["sampler"], info.values["scheduler"], info.seed) == ("dpmpp_sde", KARRAS, 4)
 
 
 def test_the_parameters_written_name_the_sampler_as_a1111_does(tiny_model, tmp_path):

@@ -79,7 +79,7 @@ def test_every_endpoint_has_a_stable_name_and_ui_events_stay_private(client):
     names = set(client.view_api(return_format="dict", print_info=False)["named_endpoints"])
     assert names == {"/dream", "/stop", "/prompt_sweep", "/checkpoint_grid", "/read_recipe", "/recall", "/train",
                      "/resume_train", "/stop_train", "/add_photos", "/remove_photos", "/export", "/enlarge",
-                     "/stop_enlarge", "/particles_gif"}
+                     "/enlarge_many", "/stop_enlarge", "/particles_gif"}
 
 
 def test_dream_streams_pngs_that_carry_their_recipe(client, studio):
@@ -180,7 +180,7 @@ def test_train_a_few_steps_then_the_checkpoint_by_seed_grid(client, studio, tmp_
     assert len(thumbs) == 3 and "**3** usable" in report
     train_args = ("subject", "tiny", "sweet-spot", "api-run", True, "full", 1e-4, 4, 2, 64, 1, 1,
                   "a photo of sks person", "", "0-1", 64, 64, 2)
-    status, loss, grid, log = client.predict(*train_args, api_name="/train")
+    status, loss, grid, log, _curves = client.predict(*train_args, api_name="/train")  # and the corridor curves
     assert status.startswith("Finished at step 4") and "checkpoint step-0004" in log
     assert [row[1] for row in loss["data"]][-1] is not None and len(loss["data"]) == 4
     assert Image.open(grid).info.get("dreamy_grid")  # validation grid: steps 0, 2, 4 x seeds 0-1

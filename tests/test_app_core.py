@@ -319,8 +319,8 @@ def test_out_of_memory_becomes_a_message_with_a_suggestion():
 
 
 def test_prompt_helper_needs_a_word_before_it_loads_a_model():
-    from dreamy.prompt_helper import _pipeline, expand
+    from dreamy.prompt_helper import expand, load_prompt_model
 
     with pytest.raises(DreamyError, match="Give a word"):
         expand("  \n ", "no/such-model")
-    assert _pipeline.cache_info().currsize == 0  # refused before any model was looked for
+    assert load_prompt_model.cache_info().currsize == 0  # refused before any model was looked for

@@ -7,6 +7,7 @@ import pytest
 from PIL import Image, PngImagePlugin
 
 from dreamy.errors import RecallError
+from dreamy.models.a1111_prompt import escape_plain
 from dreamy.png.metadata import a1111_parameters, parse_a1111, read_recipe, save_png
 from dreamy.recipes.recipe import ModelRef, Recipe, resolve
 
@@ -67,13 +68,16 @@ MULTI = {"prompt": "a castle\n\n  in the clouds, (gold:1.2)\nSteps: 3\nthe end "
 
 def test_multi_line_prompts_keep_their_lines_as_a1111_writes_them():
     text = a1111_parameters(_recipe(**MULTI))
-    assert text.startswith(MULTI["prompt"] + "\nNegative prompt: " + MULTI["negative_prompt"] + "\nSteps: 50, ")
+    assert text.startswith(escape_plain(MULTI["prompt"]) + "\nNegative prompt: " + MULTI["negative_prompt"]
+                           + "\nSteps: 50, ")  # a plain prompt's brackets escaped for A1111 (test_a1111_escape.py)
     assert len(text.split("\n")) == 10  # nothing flattened: 5 prompt lines, 4 negative lines, the settings
     back = parse_a1111(text)  # Dreamy's reader: exactly what was written
     assert (back["prompt"], back["negative_prompt"]) == (MULTI["prompt"], MULTI["negative_prompt"])
     assert back["Steps"] == "50" and back["Seed"] == "42" and back["Model"] == "my model, v2"
     a1111 = _a1111_reads(text)  # A1111's reader: the same lines (it strips each), our settings line
-    assert a1111["prompt"] == "\n".join(x.strip() for x in MULTI["prompt"].split("\n"))
+    # a plain prompt's brackets are escaped for A1111, which then reads them as text, not weights
+    assert a1111["prompt"] == "\n".join(x.strip() for x in escape_plain(MULTI["prompt"]).split("\n"))
+    assert "\\(gold:1.2\\)" in a1111["prompt"]
     assert a1111["negative"] == "blurry\ntwice\n\nSteps: 3, Sampler: x, CFG scale: 1"
     assert a1111["settings"].startswith("Steps: 50, Sampler: DDIM")
     windows = parse_a1111(a1111_parameters(_recipe(prompt="one\r\ntwo\rthree", negative_prompt=" lead\n")))

@@ -162,7 +162,7 @@ def test_tiny_sdxl_round_trip_and_arch_checks(tmp_path, tiny_parts, tiny_dir):
     assert type(loaded["scheduler"]).__name__ == "EulerDiscreteScheduler"
     assert {"tokenizer", "tokenizer_2"} <= set(loaded)
 
-    with pytest.raises(SourceError, match=r"^xl\.safetensors is an SDXL checkpoint; Dreamy's Dream tab needs Stable Diffusion 1\.x"):
+    with pytest.raises(SourceError, match=r"^xl\.safetensors is an SDXL checkpoint; Train needs Stable Diffusion 1\.x"):
         load_single_file(path, arch="sd15", config_dir=tmp_path / "cfg")
     sd15 = save_single_file(tmp_path / "one.safetensors", **{c: tiny_parts[c] for c in COMPONENTS})
     with pytest.raises(SourceError, match=r"^one\.safetensors is a Stable Diffusion 1\.x checkpoint; SUPIR's backbone needs an SDXL"):

@@ -84,10 +84,11 @@ def test_a_folder_that_is_not_a_model(tmp_path):
         load_model(str(tmp_path / "notes.txt"), device="cpu")
 
 
-def test_an_sdxl_folder_is_refused_for_dreaming(tmp_path):
+def test_an_sdxl_folder_is_refused_where_sd15_is_needed(tmp_path):
+    # Dream takes SDXL (expected_arch=None, tests/test_sdxl_dream.py); the default, Train's, is SD 1.x
     (tmp_path / "xl" / "unet").mkdir(parents=True)
     (tmp_path / "xl" / "unet" / "config.json").write_text(json.dumps({"addition_embed_type": "text_time"}))
-    with pytest.raises(SourceError, match="is an SDXL model; Dream needs a Stable Diffusion 1.x model"):
+    with pytest.raises(SourceError, match="is an SDXL model; this needs a Stable Diffusion 1.x model"):
         load_model(str(tmp_path / "xl"), device="cpu")
 
 

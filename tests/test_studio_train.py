@@ -86,14 +86,14 @@ def test_refused_uploads_stay_out_of_the_set_and_photos_can_be_removed(client, s
 
 
 def test_the_loss_plot_is_numeric_and_resume_shows_the_whole_run(client, studio):
-    status, loss, grid, log = client.predict(*train_args("api-history", 4), api_name="/train")
+    status, loss, grid, log, _curves = client.predict(*train_args("api-history", 4), api_name="/train")
     assert status.startswith("Finished at step 4")
     assert loss["datatypes"] == {"step": "quantitative", "loss": "quantitative"}  # not one category per value
     first = [row[:2] for row in loss["data"]]
     assert [s for s, _ in first] == [1, 2, 3, 4]
     assert client.predict(api_name="/stop_train") == IDLE  # nothing running (the page keeps its status: below)
 
-    status, loss, grid, log = client.predict(*train_args("api-history", 6), api_name="/resume_train")
+    status, loss, grid, log, _curves = client.predict(*train_args("api-history", 6), api_name="/resume_train")
     assert status.startswith("Finished at step 6") and "resumed at step 4" in log
     assert [row[0] for row in loss["data"]] == [1, 2, 3, 4, 5, 6]  # the run's history, then the new steps
     assert [row[:2] for row in loss["data"][:4]] == first

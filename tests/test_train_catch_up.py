@@ -13,16 +13,15 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import load_file
 from test_train_loop import photos, run
 
 from dreamy.models.sources import load_model
 from dreamy.png.metadata import read_recipe
 from dreamy.recipes.presets import load_preset
 from dreamy.recipes.recipe import resolve
-from dreamy.training import CheckpointSaved, Finished, Notice, StepDone, TrainError, ValidationDone, loop
+from dreamy.training import CheckpointSaved, Finished, Notice, StepDone, TrainError, ValidationDone
 from dreamy.training.catch_up import load_params
-from dreamy.training.checkpoints import list_checkpoints, step_dir
+from dreamy.training.checkpoints import list_checkpoints, read_resume, step_dir
 from dreamy.training.modes import TOKEN_PARAM, setup_mode
 
 pytestmark = pytest.mark.timeout(600)
@@ -86,17 +85,19 @@ def test_a_kill_between_a_checkpoint_and_its_row_is_rendered_before_training_on(
     """The SIGKILL within ~2 ms of the rename: the resumed run renders that checkpoint's row, then trains."""
     images = photos(tmp_path / "photos", n=2)
     settings = {"validation_seeds": "3", "checkpointing_steps": 2, "max_train_steps": 3}
-    real_render = loop.render
+    from dreamy.training import checkpointing
 
-    def killed_at_step_2(model, recipe, seeds, out_dir, step, cancel=None):
+    real_render = checkpointing.render
+
+    def killed_at_step_2(model, recipe, seeds, out_dir, step, *a, **kw):
         if step == 2:
             raise Killed  # the process dies right after checkpoint 2 was renamed into place
-        return real_render(model, recipe, seeds, out_dir, step, cancel)
+        return real_render(model, recipe, seeds, out_dir, step, *a, **kw)
 
-    monkeypatch.setattr(loop, "render", killed_at_step_2)
+    monkeypatch.setattr(checkpointing, "render", killed_at_step_2)
     with pytest.raises(Killed):
         run(images, tmp_path / "m", "k", settings)
-    monkeypatch.setattr(loop, "render", real_render)
+    monkeypatch.setattr(checkpointing, "render", real_render)
     run_dir = tmp_path / "m" / "k"
     assert [s for s, _ in list_checkpoints(run_dir)] == [2] and not val(run_dir, 2).exists()
 
@@ -114,7 +115,7 @@ def test_a_checkpoint_without_its_resume_state_loads_its_fp16_parts_into_the_liv
                 "trigger_word": "sks", "learning_rate": 1e-3}
     run(photos(tmp_path / "photos", n=1), tmp_path / "m", mode, settings)
     path = step_dir(tmp_path / "m" / mode, 1)
-    masters = load_file(str(path / "resume" / "masters.safetensors"))
+    masters, _ = read_resume(path)
     shutil.rmtree(path / "resume")  # as pruning leaves an older checkpoint
 
     model = load_model("tiny", device="cpu")  # a fresh model: setting up a mode changes it

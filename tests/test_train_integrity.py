@@ -289,7 +289,7 @@ def test_weights_that_turn_infinite_stop_the_run_before_a_checkpoint(tmp_path, m
 
 
 def test_nan_in_the_base_weights_stops_at_step_1_with_no_checkpoint(tmp_path, monkeypatch):
-    import dreamy.training.loop as loop
+    import dreamy.training.run_setup as loop
 
     real = loop.load_model
 

@@ -7,13 +7,12 @@ import json
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import load_file
 
 from dreamy.errors import LockedFieldError
 from dreamy.events import CancelToken
 from dreamy.png.metadata import read_recipe
 from dreamy.training import CheckpointSaved, Finished, StepDone, TrainError, ValidationDone, train
-from dreamy.training.checkpoints import list_checkpoints
+from dreamy.training.checkpoints import list_checkpoints, read_masters
 from dreamy.training.data import TrainDataError
 
 # Tiny, fast runs: 64 px, a few steps; validation renders at 64 px with 4 DDIM steps.
@@ -56,7 +55,7 @@ def same(a, b) -> bool:
 def final_state(run_dir):
     last = list_checkpoints(run_dir)[-1][1]
     state = torch.load(last / "resume" / "state.pt", weights_only=True)
-    return load_file(str(last / "resume" / "masters.safetensors")), state
+    return read_masters(last), state
 
 
 @pytest.mark.parametrize("mode", ["full", "fused", "lora"])

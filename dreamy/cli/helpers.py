@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import argparse
 import signal
+import sys
 from typing import Any
+
+
+def note(line: str) -> None:
+    """One line for the person at the console (stderr, so stdout keeps only the paths written)."""
+    print(f"dreamy: {line}", file=sys.stderr, flush=True)
 
 
 def parse_setting(text: str) -> tuple[str, Any]:

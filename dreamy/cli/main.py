@@ -1,15 +1,16 @@
-"""``python -m dreamy``: dream, recall, presets, info, train and corridor from the command line."""
+"""``python -m dreamy``: dream, recall, presets, info, train, corridor, word ... from the command line."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
 from pathlib import Path
 
 from ..errors import Cancelled, DreamyError
-from .helpers import progress_bar, unlock_arg, with_cancel
+from .helpers import note, progress_bar, unlock_arg, with_cancel
 
 # CLI flag -> dream setting, with the type argparse parses it as
 _DREAM_FLAGS = {
@@ -34,6 +35,7 @@ def cmd_dream(args: argparse.Namespace) -> int:
             args.model, args.preset, args.seeds, overrides=overrides, unlock=args.unlock,
             out_dir=args.out, batch_size=args.batch_size, device=args.device, fast=_fast_arg(args.fast),
             on_progress=on_progress, cancel=token, contact_sheet=not args.no_contact_sheet,
+            loras=args.lora or (), embeddings=args.embedding or (),
         ))
     finally:
         bar.close()
@@ -101,7 +103,7 @@ def _dream_foreign(args: argparse.Namespace, info) -> int:
     preset's locks apply as to anything typed: a setting that differs from a locked one needs --unlock)."""
     from ..dreaming.dreams import dream
     from ..errors import LockedFieldError
-    from ..models.sources import default_model
+    from ..models.sources import starting_model
     from ..png.info import reproducible
     from ..recipes.recipe import locked_changes
 
@@ -119,7 +121,7 @@ def _dream_foreign(args: argparse.Namespace, info) -> int:
             f"(or --unlock {','.join(blocked)}) to dream with them, or choose another --preset.")
     seed = info.seed if info.seed is not None else 0
     results = with_cancel(lambda token: dream(
-        args.model or default_model(), args.preset, [seed], overrides=values, unlock=unlock, out_dir=args.out,
+        args.model or starting_model(note), args.preset, [seed], overrides=values, unlock=unlock, out_dir=args.out,
         device=args.device, cancel=token, contact_sheet=False))
     for r in results:
         print(r.path)
@@ -141,6 +143,9 @@ def cmd_presets(args: argparse.Namespace) -> int:
         for k, v in preset_fields(p, job).items():
             lock = "locked" if k in p.locked.get(job, ()) else ""
             print(f"  {k:28s} {v!r:52s} {lock}")
+    print("\n[word]")  # the word layer's chat (python -m dreamy word); no locks
+    for k, v in dataclasses.asdict(p.word).items():
+        print(f"  {k:28s} {v!r}")
     return 0
 
 
@@ -169,8 +174,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("dream", help="dream one image per seed with a preset")
     d.add_argument("--model", default=None, help="'tiny' (offline demo), a hub id, a diffusers folder or a "
-                   ".safetensors/.ckpt file (default: $DREAMY_MODEL, else SD1.5 if downloaded, else tiny)")
+                   ".safetensors/.ckpt file (default: $DREAMY_MODEL, else SD1.5, downloaded once; offline, tiny)")
     _add_dream_flags(d)
+    d.add_argument("--lora", action="append", metavar="FILE[:SCALE]", help="apply a LoRA (kohya or diffusers "
+                   ".safetensors) at SCALE (default 1.0); repeatable; recorded with its hash in every PNG")
+    d.add_argument("--embedding", action="append", metavar="FILE[:TOKEN]", help="load a textual-inversion "
+                   "embedding (SDXL: clip_l + clip_g in one file), written TOKEN in prompts (default: the file's "
+                   "name); repeatable")
     d.add_argument("--no-contact-sheet", action="store_true")
     d.set_defaults(func=cmd_dream)
 
@@ -214,6 +224,15 @@ def build_parser() -> argparse.ArgumentParser:
     from .corridor import add_parser as add_corridor_parser
 
     add_corridor_parser(sub)
+    from .history import add_parser as add_history_parser
+
+    add_history_parser(sub)
+    from .particles import add_parser as add_particles_parser
+
+    add_particles_parser(sub)
+    from .word import add_parser as add_word_parser
+
+    add_word_parser(sub)
     return parser
 
 
@@ -221,10 +240,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "command", None) in ("dream", "sweep"):
         args.unlock = unlock_arg(args.unlock)
-        from ..models.sources import default_model
+        from ..models.sources import starting_model
 
         if args.command == "dream":
-            args.model = args.model or default_model()
+            args.model = args.model or starting_model(note)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     try:
         return args.func(args)

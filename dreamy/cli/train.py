@@ -10,7 +10,7 @@ import argparse
 import sys
 from typing import Any
 
-from .helpers import parse_setting, unlock_arg, with_cancel
+from .helpers import note, parse_setting, unlock_arg, with_cancel
 
 # CLI flag -> train setting, with the type argparse parses it as
 _FLAGS: dict[str, tuple[str, type]] = {
@@ -38,7 +38,7 @@ def add_parser(sub: Any) -> None:
     t.add_argument("--name", required=True, help="run name: writes models/<name>/")
     t.add_argument("--preset", default="sweet-spot", help="preset name or .toml path (default: sweet-spot)")
     t.add_argument("--base", default=None, help="the model to fine-tune: 'tiny', a hub id, a diffusers folder or "
-                   "a .safetensors file (default: $DREAMY_MODEL, else SD1.5 if downloaded, else tiny)")
+                   "a .safetensors file (default: $DREAMY_MODEL, else SD1.5, downloaded once; offline, tiny)")
     t.add_argument("--steps", type=int, default=None, help="optimizer steps (max_train_steps)")
     t.add_argument("--checkpoint-every", type=int, default=None, help="save + validate every N steps")
     t.add_argument("--mode", choices=("full", "prior", "lora", "pivotal"), default=None)
@@ -113,9 +113,19 @@ def _export(checkpoint: Any, formats: str, step: int | None = None) -> int:
     return 0
 
 
+def _run_base(run_dir: Any) -> str | None:
+    """The base source a run was trained on (its run.json), or None when it cannot be read."""
+    import json
+
+    try:
+        return str(json.loads((run_dir / "run.json").read_text(encoding="utf-8"))["base"]["source"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from ..errors import DreamyError
-    from ..models.sources import default_model
+    from ..models.sources import starting_model
     from ..training import Finished, train
     from ..training.parallel import is_main_process
     from ..training.runs import run_dir_for
@@ -137,10 +147,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     unlock = unlock_arg(args.unlock)
     main = is_main_process()
     on_event = _bar() if main else (lambda ev: None)  # one progress bar, not one per process
+    # a resume keeps its run's base; otherwise SD 1.5, downloaded once when online
+    base = args.base or (_run_base(run_dir_for(args.name, args.models_dir)) if args.resume else None) \
+        or starting_model(note if main else None)
 
     def go(token) -> Any:
         last = None
-        for ev in train(args.images, name=args.name, preset=args.preset, base=args.base or default_model(),
+        for ev in train(args.images, name=args.name, preset=args.preset, base=base,
                         overrides=overrides, unlock=unlock, models_dir=args.models_dir, resume=args.resume,
                         device=args.device, validation=validation or None, cancel=token,
                         allow_changed_photos=args.allow_changed_photos):

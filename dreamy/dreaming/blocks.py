@@ -7,6 +7,10 @@ step for step (tests/test_dream.py checks bit-identity on the CPU).
 
 A recipe's ``prompt_syntax`` "a1111" reads prompts as AUTOMATIC1111 does instead (weights, BREAK,
 75-token chunks: dreamy/models/a1111_prompt.py); "plain" is stock's reading, untouched.
+
+SDXL models (``model.arch == "sdxl"``) take the same path with SDXL's conditioning (both text
+encoders, the pooled embedding and the size/crop time ids: dreamy/dreaming/sdxl.py), matching stock
+``StableDiffusionXLPipeline``; only the "plain" prompt syntax.
 """
 
 from __future__ import annotations
@@ -17,9 +21,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import check_finite
+from ..errors import DreamyError, check_finite
 from ..events import CancelToken
 from ..models.a1111_prompt import chunk_prompt
+from ..models.sdxl_adapters import expand_tokens
 from ..models.sources import SDModel
 from ..models.tokens import check_prompts
 from ..recipes.recipe import Recipe
@@ -27,7 +32,7 @@ from ..recipes.samplers import is_noisy, make_scheduler, step_parameters
 
 
 @torch.no_grad()
-def encode_prompt(model: SDModel, text: str, syntax: str = "plain") -> torch.Tensor:
+def encode_prompt(model: SDModel, text: str, syntax: str = "plain", negative: bool = False) -> torch.Tensor:
     """The text encoder's last hidden state for ``text``, in the model's dtype and device
     (hidden: 768 for SD1.x, 32 for the tiny demo).
 
@@ -35,7 +40,20 @@ def encode_prompt(model: SDModel, text: str, syntax: str = "plain") -> torch.Ten
     ``model_max_length`` (77 for CLIP) exactly as stock diffusers does. "a1111": shape
     (1, 77 * chunks, hidden), see :func:`encode_a1111`. Raises PresetError for an a1111 weight that
     is not a number.
+
+    An SDXL model gives an :class:`dreamy.dreaming.sdxl.SDXLText` instead (embeddings (1, 77, 2048)
+    and pooled (1, 1280) for SDXL); ``negative`` marks the negative prompt, all zeros there when
+    empty (see dreamy/dreaming/sdxl.py). The "a1111" syntax raises DreamyError for SDXL. Tokens of
+    loaded multi-vector embeddings are expanded first (:func:`expand_tokens`).
     """
+    text = expand_tokens(model, text)
+    if model.arch == "sdxl":
+        if syntax != "plain":
+            raise DreamyError("The a1111 prompt syntax is read for Stable Diffusion 1.x only; dream SDXL with "
+                              "prompt_syntax 'plain' (unlock it, or use an SDXL preset).")
+        from .sdxl import encode
+
+        return encode(model, text, negative=negative)
     if syntax == "a1111":
         return encode_a1111(model, text)
     tok = model.tokenizer(
@@ -152,6 +170,11 @@ def denoise(
     (its "pad prompt/negative prompt" options off).
     """
     s = recipe.settings
+    ids = None
+    if model.arch == "sdxl":
+        from .sdxl import added_cond, time_ids
+
+        ids = time_ids(model, s.width, s.height)
     scheduler = make_scheduler(s.sampler, s.scheduler)
     scheduler.set_timesteps(s.steps, device=model.device)
     step_kwargs: dict = {}
@@ -171,17 +194,24 @@ def denoise(
     cfg = s.guidance > 1.0  # as stock: guidance <= 1 means a single conditional pass
     together = cond.shape[1] == uncond.shape[1]
 
+    def unet(x: torch.Tensor, t: torch.Tensor, parts: list) -> torch.Tensor:
+        """The UNet on x (n rows per part of the prompt list, parts in batch order)."""
+        n = x.shape[0] // len(parts)
+        if ids is None:
+            ctx = torch.cat([p.expand(n, -1, -1) for p in parts])
+            return model.unet(x, t, encoder_hidden_states=ctx, return_dict=False)[0]
+        ctx = torch.cat([p.embeds.expand(n, -1, -1) for p in parts])
+        return model.unet(x, t, encoder_hidden_states=ctx, added_cond_kwargs=added_cond(model, parts, n, ids),
+                          return_dict=False)[0]
+
     def eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        n = x.shape[0]
         if not cfg:
-            return model.unet(x, t, encoder_hidden_states=cond.expand(n, -1, -1), return_dict=False)[0]
+            return unet(x, t, [cond])
         if together:
-            ctx = torch.cat([uncond.expand(n, -1, -1), cond.expand(n, -1, -1)])
-            out = model.unet(torch.cat([x] * 2), t, encoder_hidden_states=ctx, return_dict=False)[0]
-            e_uncond, e_cond = out.chunk(2)
+            e_uncond, e_cond = unet(torch.cat([x] * 2), t, [uncond, cond]).chunk(2)
         else:
-            e_cond = model.unet(x, t, encoder_hidden_states=cond.expand(n, -1, -1), return_dict=False)[0]
-            e_uncond = model.unet(x, t, encoder_hidden_states=uncond.expand(n, -1, -1), return_dict=False)[0]
+            e_cond = unet(x, t, [cond])
+            e_uncond = unet(x, t, [uncond])
         return e_uncond + s.guidance * (e_cond - e_uncond)
 
     for i, t in enumerate(scheduler.timesteps):
@@ -199,9 +229,11 @@ def denoise(
 def decode(model: SDModel, latents: torch.Tensor) -> tuple[list[Image.Image], bool]:
     """Latents (n, 4, h, w) -> n RGB PIL images of (8w, 8h) px, and whether the VAE had to be upcast.
 
-    Latents are divided by the VAE's ``scaling_factor`` (0.18215 for SD1.5) before decoding, as stock;
-    a half-precision decode that overflows (NaN/inf) is redone in fp32; NaN/inf that remain (damaged
-    weights, a diverged sampler) raise :class:`dreamy.errors.NonFiniteOutput` - nothing is saved.
+    Latents are divided by the VAE's ``scaling_factor`` (0.18215 for SD1.5, 0.13025 for SDXL) before
+    decoding, as stock; a half-precision decode that overflows (NaN/inf) is redone in fp32; NaN/inf
+    that remain (damaged weights, a diverged sampler) raise :class:`dreamy.errors.NonFiniteOutput` -
+    nothing is saved. An SDXL VAE whose config says ``force_upcast`` (SDXL's own VAE overflows in fp16)
+    decodes in fp32 from the start, as stock ``StableDiffusionXLPipeline`` does.
     """
     split = model.device.type == "cpu"
     vae = model.vae
@@ -209,9 +241,16 @@ def decode(model: SDModel, latents: torch.Tensor) -> tuple[list[Image.Image], bo
     def run(x: torch.Tensor) -> torch.Tensor:
         return vae.decode(x / vae.config.scaling_factor, return_dict=False)[0]
 
-    images = _per_seed(split, run, latents)
     upcast = False
-    if model.dtype != torch.float32 and not torch.isfinite(images).all():
+    if model.arch == "sdxl" and model.dtype == torch.float16 and getattr(vae.config, "force_upcast", False):
+        vae.to(torch.float32)
+        try:
+            images = _per_seed(split, run, latents.float())
+        finally:
+            vae.to(model.dtype)
+    else:
+        images = _per_seed(split, run, latents)
+    if images.dtype != torch.float32 and not torch.isfinite(images).all():
         upcast = True
         vae.to(torch.float32)
         try:

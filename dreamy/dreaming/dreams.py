@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +26,7 @@ from ..errors import DreamyError, PresetError, RecallError
 from ..events import CancelToken, Progress, ProgressCallback
 from ..models.a1111_prompt import check_prompt_syntax
 from ..models.devices import pick_device, pick_dtype, runtime_info
+from ..models.sdxl_adapters import adapter_specs
 from ..models.sources import SDModel, cached_model, load_model
 from ..png.info import describe_png, foreign_refusal
 from ..png.metadata import read_recipe, save_png
@@ -60,7 +61,7 @@ def image_name(recipe: Recipe) -> str:
 def _ensure_dtype(model: SDModel, precision: str) -> None:
     dtype = pick_dtype(precision, model.device)
     if dtype != model.dtype:
-        for m in (model.unet, model.vae, model.text_encoder):
+        for m in (model.unet, model.vae, *model.text_encoders):
             m.to(dtype)
         model.dtype = dtype
 
@@ -71,16 +72,23 @@ def dream_model(
     device: str | None = None,
     precision: str = "fp16",
     keep_loaded: bool = False,
+    loras: Sequence[Any] = (),
+    embeddings: Sequence[Any] = (),
 ) -> SDModel:
     """The model to dream with: a loaded one as given (its weights moved in place to ``precision``'s
-    dtype), or a source loaded by :func:`load_model`. ``keep_loaded`` keeps a loaded source for the
-    next call, one model at a time (:func:`cached_model`: the studio's case); ``device`` applies to
-    sources only."""
+    dtype), or a source loaded by :func:`load_model` - SD 1.x or SDXL, with ``loras`` and
+    ``embeddings`` applied (:func:`dreamy.models.sdxl_adapters.apply_adapters`). ``keep_loaded``
+    keeps a loaded source for the next call, one model at a time (:func:`cached_model`: the studio's
+    case); ``device`` applies to sources only. A loaded model takes no ``loras``/``embeddings``
+    (DreamyError: load it with them, as they change its weights)."""
     if not isinstance(model, str):
+        if loras or embeddings:
+            raise DreamyError("LoRAs and embeddings are applied when a model is loaded: pass them to load_model "
+                              "(or give the model as a source).")
         _ensure_dtype(model, precision)
         return model
     load = cached_model if keep_loaded else load_model
-    return load(model, device=device, precision=precision)
+    return load(model, device=device, precision=precision, expected_arch=None, loras=loras, embeddings=embeddings)
 
 
 def _checked(
@@ -151,6 +159,8 @@ def dream_iter(
     on_progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
     fast: bool | str | None = None,
+    loras: Sequence[Any] = (),
+    embeddings: Sequence[Any] = (),
 ) -> Iterator[DreamImage]:
     """Yield one DreamImage per seed as soon as its batch is decoded (and saved, with ``out_dir``).
 
@@ -159,8 +169,13 @@ def dream_iter(
     Inputs:
 
     - ``model``: a loaded :class:`SDModel` (its weights are moved in place to the recipe's dtype;
-      ``device`` is then ignored) or a source string for :func:`load_model` ('tiny', a hub id, a
-      diffusers folder, a .safetensors/.ckpt file, a Train checkpoint).
+      ``device`` is then ignored) or a source string for :func:`load_model` ('tiny', 'tiny-sdxl', a
+      hub id, a diffusers folder, a .safetensors/.ckpt file, a Train checkpoint), SD 1.x or SDXL
+      (SDXL: both text encoders, size/crop conditioning as stock ``StableDiffusionXLPipeline``; see
+      dreamy/dreaming/sdxl.py; the generic loop, never the CUDA fast path, and "plain" prompts only).
+    - ``loras`` (``"FILE"`` / ``"FILE:SCALE"``) and ``embeddings`` (``"FILE"`` / ``"FILE:TOKEN"``): a
+      trained style applied to a model given as a source (see dreamy/models/sdxl_adapters.py); each
+      file is recorded with its sha256 in the recipe's model, and its A1111 hash in ``parameters``.
     - ``seeds``: an int, an iterable of ints, or a string such as ``"7"``, ``"0-15"``, ``"1,5,9"``,
       ``"100-200:10"`` (:func:`dreamy.recipes.seeds.parse_seeds`); each from 0 to 2**32 - 1
       (A1111's range), at most 100,000 per call, yielded in the order given, duplicates dropped.
@@ -195,7 +210,8 @@ def dream_iter(
     the studio do).
     """
     seed_list, recipe = _checked(preset, seeds, overrides, unlock, recipe, batch_size)
-    model = dream_model(model, device=device, precision=recipe.settings.precision)
+    model = dream_model(model, device=device, precision=recipe.settings.precision, loras=loras,
+                        embeddings=embeddings)
     if model.is_demo:
         log.warning("Dreaming with the %s.", model.ref.label)
     from . import fast as fast_path
@@ -206,11 +222,19 @@ def dream_iter(
     if cuts:
         base = base.replace(runtime={**base.runtime, **cuts})
     cond = encode_prompt(model, s.prompt, s.prompt_syntax)
-    uncond = encode_prompt(model, s.negative_prompt, s.prompt_syntax)
+    uncond = encode_prompt(model, s.negative_prompt, s.prompt_syntax, negative=True)
+    if model.arch == "sdxl":
+        from .sdxl import conditioning_record
+
+        base = base.replace(runtime={**base.runtime, "sdxl": conditioning_record(model, s.width, s.height,
+                                                                                   s.negative_prompt)})
     out = Path(out_dir) if out_dir is not None else None
     # The captured loop holds one embedding shape; a1111 prompts of unequal chunk counts run generic.
+    # SDXL runs generic too: the captured program is SD 1.x's (no pooled text, no time ids).
     quick = fast_path.select(model, base, seed_list, batch_size, tuple(cond.shape), fast) \
-        if cond.shape == uncond.shape else None
+        if cond.shape == uncond.shape and model.arch == "sd15" else None
+    if model.arch == "sdxl" and fast:
+        log.warning("SDXL dreams run on the generic loop: the CUDA fast path is SD 1.x's.")
     if quick is not None:
         base = base.replace(runtime={**base.runtime, "path": quick.label})
         batches = quick.batches(model, base, cond, uncond, on_progress, cancel)
@@ -266,6 +290,8 @@ def dream_stream(
     on_progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
     fast: bool | str | None = None,
+    loras: Sequence[Any] = (),
+    embeddings: Sequence[Any] = (),
 ) -> Iterator[Landed | Ended]:
     """A whole dream as one stream (the studio's Dream): :class:`Landed` per picture as it is
     written into ``out_dir``, then :class:`Ended` with its sheet, ``out_dir/contact-sheet.png``
@@ -279,7 +305,8 @@ def dream_stream(
     :func:`dream_iter`'s.
     """
     seed_list, recipe = _checked(preset, seeds, overrides, unlock, None, batch_size)
-    loaded = dream_model(model, device=device, precision=recipe.settings.precision, keep_loaded=keep_loaded)
+    loaded = dream_model(model, device=device, precision=recipe.settings.precision, keep_loaded=keep_loaded,
+                         loras=loras, embeddings=embeddings)
     out = Path(out_dir)
     pictures = dream_iter(loaded, seeds=seed_list, recipe=recipe, out_dir=out, batch_size=batch_size,
                           on_progress=on_progress, cancel=cancel, fast=fast)
@@ -330,8 +357,11 @@ def recall(
     dtype follows the recipe's ``precision`` as in :func:`dream_iter` (fp32 on the CPU). ``model``
     None loads the recipe's model source (``keep_loaded``: kept for the next call, see
     :func:`dream_model`); a given model (source or loaded) must have the recipe's sha256 unless
-    ``allow_model_change``. A PNG is untrusted: ``check_source`` (say, the studio's "only its own
-    folders") vets the source it names before that is loaded, returning the source to load or raising. With ``out_dir`` the PNG is written again, with its recipe.
+    ``allow_model_change``. The LoRAs and embeddings the recipe records are applied again from their
+    files (each must still have its recorded sha256, unless ``allow_model_change``; a loaded
+    ``model`` must already carry them). A PNG is untrusted: ``check_source`` (say, the studio's "only its own
+    folders") vets the source it names, and each LoRA or embedding file, before that is loaded,
+    returning the source to load or raising. With ``out_dir`` the PNG is written again, with its recipe.
 
     Returns one :class:`DreamImage` (8-bit RGB PIL image). Raises RecallError when the file is
     missing, not a readable image, carries no Dreamy recipe (another tool's parameters: the message says
@@ -352,6 +382,10 @@ def recall(
                           "images can be recalled.")
     if model is None:  # the PNG's own source: vetted before anything else
         model = recipe.model.source if check_source is None else check_source(recipe.model.source)
+    loras, embeddings = adapter_specs(recipe.model.adapters) if isinstance(model, str) else ([], [])
+    if check_source is not None:  # the style files a PNG names are vetted like its model
+        loras = [(check_source(f), scale) for f, scale in loras]
+        embeddings = [(check_source(f), token) for f, token in embeddings]
     recipe = relock(recipe)
     if device is None:
         wanted = recipe.runtime.get("device", "cpu")
@@ -361,10 +395,18 @@ def recall(
         except DreamyError:
             log.warning("The image was made on %s, which this machine lacks; recalling on the default device.", wanted)
             device = None
-    model = dream_model(model, device=device, precision=recipe.settings.precision, keep_loaded=keep_loaded)
+    model = dream_model(model, device=device, precision=recipe.settings.precision, keep_loaded=keep_loaded,
+                        loras=loras, embeddings=embeddings)
     if model.ref.sha256 != recipe.model.sha256 and not allow_model_change:
         raise RecallError(
             f"The model '{recipe.model.source}' has changed since the image was made (hash {model.ref.short_hash}, "
             f"recipe {recipe.model.short_hash}); pass allow_model_change=True (CLI: --allow-model-change) to re-dream anyway."
+        )
+    had = [(a.kind, a.sha256, a.scale, a.token) for a in recipe.model.adapters]
+    has = [(a.kind, a.sha256, a.scale, a.token) for a in model.ref.adapters]
+    if had != has and not allow_model_change:
+        raise RecallError(
+            f"The LoRAs or embeddings of '{Path(png).name}' are not the ones applied now (a file changed since, or the "
+            "model was given without them); pass allow_model_change=True (CLI: --allow-model-change) to re-dream anyway."
         )
     return next(dream_iter(model, seeds=[recipe.seed], recipe=recipe, out_dir=out_dir))

@@ -197,7 +197,8 @@ def sweep(
             if loaded is None or loaded[0] != m:
                 loaded = None  # free the previous model first
                 dev = "cpu" if device == "cpu" else str(state.device)
-                loaded = (m, load_model(plan.models[m], device=dev, precision=recipe.settings.precision))
+                loaded = (m, load_model(plan.models[m], device=dev, precision=recipe.settings.precision,
+                                             expected_arch=None))  # SD 1.x or SDXL
             t1 = time.perf_counter()
             made = []
             for img in dream_iter(loaded[1], seeds=list(batch), recipe=recipe, batch_size=len(batch), cancel=cancel,

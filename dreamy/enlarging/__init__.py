@@ -17,7 +17,9 @@ Modules, one concern each:
 - ``resize``, ``sources``, ``backbone``, ``models``, ``tiny``: the input as SUPIR's demo prepares it,
   where the weights come from, and the offline demo model;
 - ``pipeline``: ``enlarge()``, the whole job with locks, progress, cancel and the PNG recipe
-  (``python -m dreamy enlarge`` is dreamy/cli/enlarge.py).
+  (``python -m dreamy enlarge`` is dreamy/cli/enlarge.py);
+- ``batch``: ``enlarge_many()`` / ``enlarge_iter()``, many pictures and folders with the models loaded
+  once, skipping those already enlarged with the same recipe; ``plan``: output sizes before a run.
 
 Names are imported on first use, so ``python -m dreamy --help`` does not load torch and diffusers.
 """
@@ -59,6 +61,13 @@ _NAMES = {
     "load_enlarge_models": "models",
     "EnlargeResult": "pipeline",
     "enlarge": "pipeline",
+    "output_name": "pipeline",
+    "PictureOutcome": "batch",
+    "collect_pictures": "batch",
+    "enlarge_iter": "batch",
+    "enlarge_many": "batch",
+    "SizePlan": "plan",
+    "planned_sizes": "plan",
 }
 __all__ = sorted(_NAMES)
 

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from ..errors import SourceError
+from ..events import ProgressCallback
 from ..models.devices import pick_device, pick_dtype
 from ..recipes.recipe import ModelRef
 from . import tiny
@@ -22,7 +23,7 @@ from .backbone import apply_backbone
 from .conditioning import TextConditioning, encode_text
 from .model import SupirModules, load_supir
 from .restore import SamplingTiles
-from .sources import Located, default_sources, load_base, locate_base, locate_supir, supir_variant
+from .sources import Located, load_base, locate_pair, supir_variant
 from .tiled_vae import VaeTiling
 
 log = logging.getLogger(__name__)
@@ -88,17 +89,15 @@ def load_enlarge_models(
     sdxl_base: str = "Juggernaut XL v9",
     device: str | torch.device | None = None,
     precision: str = "fp16",
+    on_progress: ProgressCallback | None = None,
 ) -> EnlargeModels:
-    """Load SUPIR (``supir``) around an SDXL base (``base``); None means the recipe's own models.
+    """Load SUPIR (``supir``) around an SDXL base (``base``); None means the recipe's own models,
+    downloaded on first use (``on_progress`` follows it; sources.locate_pair).
 
     ``supir_model`` / ``sdxl_base`` are the recipe's choices: they pick the defaults, and a SUPIR file
     whose name says it is the other variant (v0Q vs v0F) is refused.
     """
-    supir_spec, base_spec, fell_back = default_sources(supir, base, supir_model, sdxl_base)
-    if fell_back:
-        log.warning("%s and %s are not downloaded: enlarging with the offline tiny demo, which paints noise. "
-                    "Give --supir and --base (or $DREAMY_SUPIR and $DREAMY_SDXL) for real results.", supir_model, sdxl_base)
-    supir_at, base_at = locate_supir(supir_spec), locate_base(base_spec)
+    supir_at, base_at, fell_back = locate_pair(supir, base, supir_model, sdxl_base, on_progress)  # warns if demo
     variant = supir_variant(supir_at)
     if variant is not None and variant != supir_model:
         raise SourceError(f"'{supir_at.spec}' is a {variant} checkpoint but the recipe asks for {supir_model}; "
@@ -150,11 +149,12 @@ def cached_enlarge_models(
     sdxl_base: str = "Juggernaut XL v9",
     device: str | None = None,
     precision: str = "fp16",
+    on_progress: ProgressCallback | None = None,
 ) -> EnlargeModels:
     """Keep one pair loaded between jobs (the studio's case: loading SUPIR + SDXL takes a while)."""
     key = (supir, base, supir_model, sdxl_base, str(pick_device(device)), precision)
-    if key not in _loaded:
+    if key not in _loaded or _loaded[key].stands_in:  # a demo that stood in: try the real ones again
         _loaded.clear()  # free the previous pair before loading the next
         _loaded[key] = load_enlarge_models(supir, base, supir_model=supir_model, sdxl_base=sdxl_base,
-                                           device=device, precision=precision)
+                                           device=device, precision=precision, on_progress=on_progress)
     return _loaded[key]

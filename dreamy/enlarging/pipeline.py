@@ -44,6 +44,7 @@ from .colourfix import colour_fix
 from .epsilon import SupirEpsilon
 from .gpu import preferred_attention, untiled_fits
 from .models import EnlargeModels, cached_enlarge_models
+from .plan import MAX_OUTPUT_PIXELS
 from .resize import resize_method, target_size, to_image, to_model_input, upscale
 from .sampler import SamplerSettings, restore_sample
 from .stage1 import decode_latent, run_stage1
@@ -51,7 +52,6 @@ from .tiled_sampler import restore_sample_tiled, sliding_windows
 
 log = logging.getLogger(__name__)
 
-MAX_OUTPUT_PIXELS = 4096 * 4096  # 16.8 MP: 8x of 512, or 4x of 1024; larger runs take too long to be useful
 MAX_INPUT_PIXELS = 64_000_000
 _LATENT = 8  # pixels per latent pixel (SDXL's VAE)
 
@@ -83,6 +83,7 @@ class EnlargeJob:
     notes: list[str]  # what was done to the input, returned in EnlargeResult.notes
     seed: int  # 0 <= seed < 2**32; seeds the CPU generator for stage 1 and sampling
     out_dir: str | os.PathLike | None  # None: a new run folder (layout.new_run_dir("enlarge"))
+    filename: str | None  # the PNG's name in out_dir; None: output_name(input name, upscale, seed)
     report: Callable[[int, str], None]  # (step, message) -> on_progress, if any
     check: Callable[[], None]  # raises Cancelled once the cancel token is set
     cancel: CancelToken | None
@@ -138,6 +139,12 @@ def _read_input(image: str | os.PathLike | Image.Image) -> tuple[Image.Image, di
     return loaded.image, info, list(loaded.notes)
 
 
+def output_name(input_name: str | None, upscale: float, seed: int) -> str:
+    """The PNG's default file name: ``<input stem>-x<upscale>-seed<seed:06d>.png`` (``picture`` for a PIL image)."""
+    stem = Path(safe_filename(input_name or "picture.png")).stem
+    return f"{stem}-x{upscale:g}-seed{seed:06d}.png"
+
+
 def _check_size(size: tuple[int, int], out: tuple[int, int], scale: float) -> None:
     if out[0] * out[1] > MAX_OUTPUT_PIXELS:
         raise DreamyError(
@@ -173,6 +180,7 @@ def enlarge(
     seed: int = 0,
     tiled: bool | None = None,
     models: EnlargeModels | None = None,
+    filename: str | None = None,
 ) -> EnlargeResult:
     """Enlarge one picture with SUPIR and the preset's ``[enlarge]`` recipe; write it as a PNG with the recipe.
 
@@ -206,6 +214,8 @@ def enlarge(
     (model, seed and runtime: device, dtypes, tiling, attention, input hash), ``upscaled`` (the input
     resized to the output size with SUPIR's filter, Lanczos when enlarging) and ``stage1`` (SUPIR's
     stage-1 reconstruction), both 8-bit RGB at the output size, and ``notes`` about the input.
+    ``filename`` names the PNG instead (a plain file name, kept inside ``out_dir``); an existing file of
+    that name is replaced. Many pictures with the models loaded once: :func:`enlarge_many` (batch.py).
 
     Raises (all :class:`DreamyError`, one sentence each): ImageError (unreadable, too small or too
     large input), PresetError / LockedFieldError (preset, overrides), SourceError (models missing,
@@ -228,13 +238,13 @@ def enlarge(
             cancel.check()
 
     check()
-    report(0, "loading models")
-    if models is None:
+    if models is None:  # given models were loaded (and the demo announced) by the caller: a batch's
+        report(0, "loading models")
         models = cached_enlarge_models(supir, base, supir_model=s.supir_model, sdxl_base=s.sdxl_base,
-                                       device=device, precision=s.precision)
+                                       device=device, precision=s.precision, on_progress=on_progress)
+        if models.is_demo:
+            log.warning("Enlarging with the %s.", models.supir_ref.label)
     check()  # loading takes a while: a Stop meanwhile ends the job here
-    if models.is_demo:
-        log.warning("Enlarging with the %s.", models.supir_ref.label)
     size = target_size(*picture.size, s.upscale, models.min_side)
     _check_size(picture.size, size, s.upscale)
     latent = (size[1] // _LATENT, size[0] // _LATENT)
@@ -242,9 +252,11 @@ def enlarge(
     if auto:
         tiled = not untiled_fits(models.device, latent, models.sampling_tiles.size)
     try:
+        name = None if filename is None else safe_filename(filename, "picture") + ("" if filename.lower().endswith(
+            ".png") else ".png")  # a plain name in out_dir, never a path out of it
         job = EnlargeJob(picture=picture, size=size, latent=latent, tiled=bool(tiled), recipe=recipe,
                          models=models, input_info=input_info, notes=notes, seed=seed, out_dir=out_dir,
-                         report=report, check=check, cancel=cancel)
+                         filename=name, report=report, check=check, cancel=cancel)
         try:
             return _run(job)
         except Exception as e:
@@ -337,8 +349,8 @@ def _restore(job: EnlargeJob, attention: str) -> EnlargeResult:
         notes.append(f"{s.supir_model} and {s.sdxl_base} are not on this machine, so the tiny demo ran instead: "
                      "it paints noise.")
     out = Path(job.out_dir) if job.out_dir is not None else _default_dir()
-    stem = Path(safe_filename(job.input_info["name"] or "picture.png")).stem
-    path = save_png(enlarged, out / f"{stem}-x{s.upscale:g}-seed{seed:06d}.png", final)
+    name = job.filename or output_name(job.input_info["name"], s.upscale, seed)
+    path = save_png(enlarged, out / name, final)
     report(s.steps, f"saved {path.name}")
     return EnlargeResult(path, enlarged, final, upscaled, to_image(stage1.reference), notes)
 

@@ -5,33 +5,52 @@ SUPIR source: ``tiny``; ``SUPIR-v0Q`` / ``SUPIR-v0F`` (the pruned fp16 files on 
 SDXL base: ``tiny``; ``Juggernaut XL v9`` (the single file on the hub); a hub file; a hub id of a
 diffusers repo; a local single file; or a local diffusers folder.
 
-Hub files are downloaded once into the Hugging Face cache and then used offline. Each model becomes a
-``ModelRef`` with its content hash, so the recipe names exactly which weights made a picture.
+Hub files are downloaded once into the Hugging Face cache and then used offline. The recipe's own
+models (``SUPIR-v0Q`` and ``Juggernaut XL v9`` in biased-dreams) are fetched on first use when nothing
+else is given; with downloads off or the hub unreachable, the tiny demo stands in (:func:`locate_pair`).
+Each model becomes a ``ModelRef`` with its content hash, so the recipe names exactly which weights
+made a picture.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..errors import SourceError
+from ..errors import HubUnreachable, SourceError
+from ..events import Progress
 from ..models import hub
 from ..models.hashing import file_sha256
 from ..recipes.recipe import ModelRef
 from . import tiny
 
-# Hub files, as named by their uploaders (Kijai's pruned fp16 SUPIR, RunDiffusion's Juggernaut).
-SUPIR_HUB = {
-    "SUPIR-v0Q": "Kijai/SUPIR_pruned/SUPIR-v0Q_fp16.safetensors",
-    "SUPIR-v0F": "Kijai/SUPIR_pruned/SUPIR-v0F_fp16.safetensors",
+log = logging.getLogger(__name__)
+
+# Hub files, as named by their uploaders (Kijai's pruned fp16 SUPIR, RunDiffusion's Juggernaut), with
+# their sizes as the hub lists them and their licences: SUPIR's own licence allows non-commercial use
+# only (Kijai/SUPIR_pruned carries no model card; the weights are SUPIR's); Juggernaut XL v9's model
+# card declares creativeml-openrail-m and adds that it may not be used behind API services.
+_SUPIR_LICENCE = "SUPIR licence: non-commercial use only"
+SUPIR_WEIGHTS = {
+    name: hub.Weights(name, "Kijai/SUPIR_pruned", (f"{name}_fp16.safetensors",), 2.66, _SUPIR_LICENCE)
+    for name in ("SUPIR-v0Q", "SUPIR-v0F")
 }
-BASE_HUB = {"Juggernaut XL v9": "RunDiffusion/Juggernaut-XL-v9/Juggernaut-XL_v9_RunDiffusionPhoto_v2.safetensors"}
+BASE_WEIGHTS = {
+    "Juggernaut XL v9": hub.Weights("Juggernaut XL v9", "RunDiffusion/Juggernaut-XL-v9",
+                                    ("Juggernaut-XL_v9_RunDiffusionPhoto_v2.safetensors",), 7.11,
+                                    "CreativeML OpenRAIL-M, not behind API services"),
+}
+SUPIR_HUB = {name: f"{w.repo_id}/{w.files[0]}" for name, w in SUPIR_WEIGHTS.items()}
+BASE_HUB = {name: f"{w.repo_id}/{w.files[0]}" for name, w in BASE_WEIGHTS.items()}
 FILE_SUFFIXES = (".safetensors", ".ckpt")
 _REPO = r"[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}"
 _HUB_FILE = re.compile(rf"^({_REPO})/((?:[\w.-]+/)*[\w.-]+\.(?:safetensors|ckpt))$")
@@ -90,11 +109,11 @@ def default_sources(supir: str | None, base: str | None, supir_model: str, sdxl_
     """(SUPIR source, base source, fell back to the demo) for what the caller left as None.
 
     ``$DREAMY_SUPIR`` / ``$DREAMY_SDXL`` first, then the recipe's models (``supir_model``,
-    ``sdxl_base``). When neither model was given and the recipe's are not downloaded, both become
-    the tiny demo (as Dream falls back to its tiny model offline); one real and one tiny never mix.
+    ``sdxl_base``), which :func:`locate_supir` / :func:`locate_base` download on first use. When
+    neither model was given, the recipe's are not downloaded and downloads are off ($HF_HUB_OFFLINE,
+    a shared studio), both become the tiny demo (as Dream falls back to its tiny model offline); one
+    real and one tiny never mix. No network is used.
     """
-    import os
-
     if supir == tiny_name() and base is None or base == tiny_name() and supir is None:
         return tiny_name(), tiny_name(), False
     if supir is None and base is None and tiny_name() in (supir_model, sdxl_base):  # the recipe asks for the demo
@@ -103,9 +122,51 @@ def default_sources(supir: str | None, base: str | None, supir_model: str, sdxl_
     picked_supir = supir or env_supir or SUPIR_HUB.get(supir_model, supir_model)
     picked_base = base or env_base or BASE_HUB.get(sdxl_base, sdxl_base)
     if supir is None and base is None and env_supir is None and env_base is None:
-        if not (_available(picked_supir) and _available(picked_base)):
+        if not (_available(picked_supir) and _available(picked_base)) and hub.downloads_off():
             return tiny_name(), tiny_name(), True
     return picked_supir, picked_base, False
+
+
+def locate_pair(supir: str | None, base: str | None, supir_model: str, sdxl_base: str,
+                on_progress: Callable[[Progress], None] | None = None) -> tuple[Located, Located, bool]:
+    """(SUPIR, SDXL base, the demo stands in) for :func:`default_sources`' choice, located on disk.
+
+    The recipe's own models download on first use (SUPIR-v0Q ~2.7 GB, Juggernaut XL v9 ~7.1 GB):
+    a console line states size and licence, then ``on_progress`` follows the bytes
+    (``Progress("download", MB done, MB in all)``; without it huggingface_hub draws its bars). When
+    they were the defaults and cannot be fetched now (downloads off, hub unreachable), the tiny demo
+    stands in with a warning; sources given by the caller or $DREAMY_SUPIR / $DREAMY_SDXL never fall
+    back. Raises SourceError (one sentence) otherwise, e.g. a gated repo or a full disk.
+    """
+    supir_spec, base_spec, fell_back = default_sources(supir, base, supir_model, sdxl_base)
+    if fell_back:
+        log.warning("%s and %s are not on this machine and downloads are off (%s): enlarging with the offline tiny "
+                    "demo, which paints noise; give --supir and --base (or $DREAMY_SUPIR and $DREAMY_SDXL) for real "
+                    "results.", supir_model, sdxl_base, hub.downloads_off())
+    defaults = (supir is None and base is None and not fell_back
+                and not (os.environ.get("DREAMY_SUPIR") or os.environ.get("DREAMY_SDXL")))
+    try:
+        return locate_supir(supir_spec, on_progress), locate_base(base_spec, on_progress), fell_back
+    except HubUnreachable as e:
+        if not defaults:
+            raise
+        log.warning("Enlarging with the offline tiny demo, which paints noise: %s", e)
+    return locate_supir(tiny_name()), locate_base(tiny_name()), True
+
+
+def _fetch(weights: hub.Weights, on_progress: Callable[[Progress], None] | None) -> Path:
+    """A catalogued hub file, from the cache or downloaded once (size and licence said first)."""
+    if hub.cached_folder(weights) is None and not hub.downloads_off():
+        log.warning("Downloading %s once into the Hugging Face cache (%s; %s).", weights.name, weights.summary,
+                    weights.page)
+
+    def report(done: int, total: int) -> None:
+        on_progress(Progress("download", done >> 20, max(total >> 20, 1), message=f"downloading {weights.name} "
+                             f"({weights.licence}): {done / 1e9:.2f} of {total / 1e9:.2f} GB"))
+
+    folder = hub.fetch(weights, report if on_progress is not None else None,
+                       "a local file (or 'tiny' for the offline demo)")
+    return folder / weights.files[0]
 
 
 def tiny_name() -> str:
@@ -115,11 +176,6 @@ def tiny_name() -> str:
 
 
 # ------------------------------------------------------------------------------------ locating
-
-
-def _split(hub_file: str) -> tuple[str, str]:
-    owner, name, filename = hub_file.split("/", 2)
-    return f"{owner}/{name}", filename
 
 
 def _hub_file(repo: str, filename: str, spec: str) -> Path:
@@ -167,13 +223,20 @@ def _local(spec: str, folders: bool) -> Path | None:
     return None
 
 
-def locate_supir(spec: str) -> Located:
+def _catalogued(spec: str, table: dict[str, hub.Weights]) -> hub.Weights | None:
+    """The catalogue entry a source names, by name ('SUPIR-v0Q') or by hub file (owner/repo/file)."""
+    return table.get(spec) or next((w for w in table.values() if spec == f"{w.repo_id}/{w.files[0]}"), None)
+
+
+def locate_supir(spec: str, on_progress: Callable[[Progress], None] | None = None) -> Located:
     """A SUPIR source -> its local file (downloading a hub file once)."""
     spec = str(spec).strip()
     if spec == tiny_name():
         return Located(spec, "tiny", tiny.ensure_tiny_enlarge()[1], tiny.SUPIR_LABEL)
-    if spec in SUPIR_HUB:
-        return Located(spec, "hub", _hub_file(*_split(SUPIR_HUB[spec]), spec), spec)
+    known = _catalogued(spec, SUPIR_WEIGHTS)
+    if known is not None:
+        return Located(spec, "hub", _fetch(known, on_progress), spec if spec in SUPIR_WEIGHTS else
+                       Path(known.files[0]).stem)
     path = _local(spec, folders=False) if spec else None
     if path is not None:
         return Located(spec, "file", path, path.stem)
@@ -184,13 +247,15 @@ def locate_supir(spec: str) -> Located:
                       f"{SUPIR_HUB['SUPIR-v0Q']}, or a local .ckpt/.safetensors file.")
 
 
-def locate_base(spec: str) -> Located:
+def locate_base(spec: str, on_progress: Callable[[Progress], None] | None = None) -> Located:
     """An SDXL base source -> a local single file or diffusers folder."""
     spec = str(spec).strip()
     if spec == tiny_name():
         return Located(spec, "tiny", tiny.ensure_tiny_enlarge()[0], tiny.BASE_LABEL)
-    if spec in BASE_HUB:
-        return Located(spec, "hub", _hub_file(*_split(BASE_HUB[spec]), spec), spec)
+    known = _catalogued(spec, BASE_WEIGHTS)
+    if known is not None:
+        return Located(spec, "hub", _fetch(known, on_progress), spec if spec in BASE_WEIGHTS else
+                       Path(known.files[0]).stem)
     path = _local(spec, folders=True) if spec else None
     if path is not None:
         return Located(spec, "folder" if path.is_dir() else "file", path, path.name if path.is_dir() else path.stem)

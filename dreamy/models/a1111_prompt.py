@@ -256,3 +256,24 @@ def check_prompt_syntax(values: Mapping[str, Any], where: str) -> None:
         return
     for name in ("prompt", "negative_prompt"):
         check_a1111_prompt(str(values.get(name, "")), f"{where} '{name}'")
+
+
+# The characters A1111's parser gives a meaning: a plain prompt writes each behind a backslash.
+_SPECIAL = re.compile(r"([\\()\[\]])")
+_UNESCAPE = re.compile(r"\\([\\()\[\]])")
+
+
+def escape_plain(text: str) -> str:
+    """A plain-syntax prompt as A1111 must be given it to read it literally: each ``\\``, ``(``,
+    ``)``, ``[`` and ``]`` behind a backslash (A1111's own ``\\(`` escapes, the way its tag
+    interrogators escape tags), so ``a (red) house`` is written ``a \\(red\\) house`` and weighs 1.0.
+
+    Exactly undone by :func:`unescape_plain`. What A1111 reads before these rules has no escape and
+    stays as written: a whole-word ``BREAK``, ``AND``, ``<lora:...>``."""
+    return _SPECIAL.sub(r"\\\1", text)
+
+
+def unescape_plain(text: str) -> str:
+    """The inverse of :func:`escape_plain`: ``\\\\`` -> ``\\``, ``\\(`` -> ``(`` ... left to right;
+    ``unescape_plain(escape_plain(t)) == t`` for every string ``t``."""
+    return _UNESCAPE.sub(r"\1", text)

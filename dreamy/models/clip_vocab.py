@@ -78,11 +78,12 @@ def _write(folder: Path, vocab: dict[str, int], merges: list[str], pad_token: st
     return folder
 
 
-def write_byte_tokenizer(folder: Path) -> Path:
-    """A 514-token byte-level CLIP tokenizer (no merges): ids 0..511 are bytes, 512/513 are BOS/EOS."""
+def write_byte_tokenizer(folder: Path, pad_token: str = EOS) -> Path:
+    """A 514-token byte-level CLIP tokenizer (no merges): ids 0..511 are bytes, 512/513 are BOS/EOS.
+    ``pad_token``: ``<|endoftext|>`` (SD1.5, SDXL's first tokenizer) or ``!`` (SDXL's second)."""
     symbols = byte_symbols()
     tokens = symbols + [s + "</w>" for s in symbols] + [BOS, EOS]
-    return _write(folder, {t: i for i, t in enumerate(tokens)}, [], pad_token=EOS)
+    return _write(folder, {t: i for i, t in enumerate(tokens)}, [], pad_token=pad_token)
 
 
 def write_bpe_tokenizer(bpe_gz: Path, folder: Path, pad_token: str = EOS) -> Path:

@@ -48,7 +48,8 @@ def file_sha256(path: Path) -> str:
     return cache[key]
 
 
-COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+# SDXL adds the last two; an SD1.5 folder has neither, so its hash is as it always was.
+COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler", "text_encoder_2", "tokenizer_2")
 
 
 def folder_sha256(folder: Path) -> str:

@@ -40,7 +40,7 @@ SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
 
 # Who needs which architecture, for the one-sentence mismatch message.
 _NEEDED_BY = {
-    SD15: "Dreamy's Dream tab needs Stable Diffusion 1.x (such as v1-5-pruned-emaonly.safetensors)",
+    SD15: "Train needs Stable Diffusion 1.x for now (such as v1-5-pruned-emaonly.safetensors); Dream takes both",
     SDXL: "SUPIR's backbone needs an SDXL checkpoint (such as Juggernaut XL v9)",
 }
 

@@ -20,7 +20,7 @@ from ..errors import DreamyError, PresetError
 from ..recipes.presets import list_presets
 from ..recipes.recipe import Recipe, locked_changes
 from ..recipes.samplers import from_a1111
-from .metadata import CHUNK, parse_a1111, read_recipe, read_text_chunks
+from .metadata import CHUNK, parse_a1111, prompt_syntax_of, read_recipe, read_text_chunks
 
 _SIZE = re.compile(r"^\s*(\d{2,5})\s*x\s*(\d{2,5})\s*$")
 MAX_TEXT = 65536
@@ -89,7 +89,8 @@ def _a1111(path: Path, text: str) -> PngSummary:
     m = _SIZE.match(str(params.get("Size", "")))
     values = _form_values(params.get("prompt"), params.get("negative_prompt"), params.get("Steps"),
                           params.get("CFG scale"), m.groups() if m else None)
-    values["prompt_syntax"] = "a1111"  # its prompts are written for A1111's weights and chunks
+    # its prompts are written for A1111's weights and chunks (Dreamy's plain ones escaped: read as plain)
+    values["prompt_syntax"] = prompt_syntax_of(params)
     notes = []
     if isinstance(params.get("Sampler"), str):
         try:  # A1111's sampler and its SD 1.x schedule, or a sentence saying there is no equivalent
@@ -205,8 +206,8 @@ def describe_png(path: str | Path) -> PngSummary:
         except DreamyError as e:
             return PngSummary("none", message=str(e).replace(str(path), path.name))
         s = recipe.settings
-        values = {k: getattr(s, k) for k in ("prompt", "negative_prompt", "guidance", "steps", "width", "height")} \
-            if recipe.job == "dream" else {}
+        values = {k: getattr(s, k) for k in ("prompt", "negative_prompt", "guidance", "steps", "width", "height",
+                                             "prompt_syntax", "sampler", "scheduler")} if recipe.job == "dream" else {}
         return PngSummary("dreamy", recipe=recipe, values=values, seed=recipe.seed, preset=recipe.preset,
                           model=recipe.model.source if recipe.model else None)
     text = chunks.get("parameters")
@@ -234,6 +235,8 @@ def reproducible(info: PngSummary) -> tuple[list[str], list[str]]:
         can.append("seed")
     read = {"prompt", "negative_prompt", "positive", "negative", "steps", "cfg", "guidance_scale", "seed", "size",
             "resolution", "Steps", "CFG scale", "Seed", "Size", "text 1"}
+    if info.values.get("prompt_syntax") == "plain":  # Dreamy's own text: its escaped plain prompts
+        read.add("Prompt syntax")
     if "sampler" in info.values:  # an A1111 sampler mapped onto one of Dreamy's
         read |= {"Sampler", "Schedule type"}
     cannot = [k for k in info.parameters if k not in read and info.parameters[k] not in ("", None)]

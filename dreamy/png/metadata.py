@@ -16,10 +16,12 @@ from PIL import Image, PngImagePlugin
 
 from ..atomic import atomic_write
 from ..errors import RecallError
+from ..models.a1111_prompt import escape_plain, unescape_plain
 from ..recipes.recipe import Recipe
 from ..recipes.samplers import a1111_name
 
 CHUNK = "dreamy"
+PROMPT_SYNTAX = "Prompt syntax"  # the settings field that marks Dreamy's escaped plain prompts
 MAX_CHUNK = 1 << 20  # a recipe is a few kB; anything near a megabyte is not ours
 
 
@@ -41,11 +43,18 @@ def a1111_parameters(recipe: Recipe) -> str:
     A1111's ``parse_generation_parameters`` reads as the last line. "Model hash" is the hash A1111
     and Civitai show for the single ``.safetensors`` file of these weights (``ModelRef.a1111_hash``);
     it is left out when Dreamy does not know that file, rather than a hash no file has.
+
+    A prompt of the ``plain`` syntax is written escaped (:func:`escape_plain`: ``(`` -> ``\\(`` ...), so
+    A1111 reads its brackets as the literal text Dreamy dreamed, not as weights, and the settings say
+    ``Prompt syntax: plain`` so that Dreamy's reader (:func:`parse_a1111`) undoes the escapes exactly.
+    An ``a1111``-syntax prompt is written as it is: A1111 reads it as Dreamy did.
     """
     s = recipe.settings
-    lines = [_as_lines(s.prompt)]
-    if s.negative_prompt:
-        lines.append(f"Negative prompt: {_as_lines(s.negative_prompt)}")
+    plain = s.prompt_syntax == "plain"
+    prompt, negative = (escape_plain(s.prompt), escape_plain(s.negative_prompt)) if plain else (s.prompt, s.negative_prompt)
+    lines = [_as_lines(prompt)]
+    if negative:
+        lines.append(f"Negative prompt: {_as_lines(negative)}")
     fields = [
         ("Steps", s.steps),
         ("Sampler", a1111_name(s.sampler, s.scheduler)),
@@ -57,9 +66,17 @@ def a1111_parameters(recipe: Recipe) -> str:
         if recipe.model.a1111_hash:
             fields.append(("Model hash", recipe.model.a1111_hash))
         fields.append(("Model", _a1111_value(recipe.model.label)))
+        # A1111's own fields for a LoRA / an embedding in use: "name: short hash" pairs (Civitai reads them)
+        for kind, key in (("lora", "Lora hashes"), ("embedding", "TI hashes")):
+            pairs = [f"{_clean(a.name).replace(':', '_').replace(',', '_')}: {a.a1111_hash}"
+                     for a in getattr(recipe.model, "adapters", ()) if a.kind == kind and a.a1111_hash]
+            if pairs:
+                fields.append((key, json.dumps(", ".join(pairs), ensure_ascii=False)))
     if recipe.unlocked:
         fields.append(("Unlocked", _a1111_value(" ".join(sorted(recipe.unlocked)))))
     fields += [("Preset", _a1111_value(recipe.preset)), ("Version", f"dreamy {_version()}")]
+    if plain:  # after Dreamy's Version, which tells Dreamy's reader the text is its own
+        fields.append((PROMPT_SYNTAX, "plain"))
     lines.append(", ".join(f"{k}: {v}" for k, v in fields))
     return "\n".join(lines)
 
@@ -201,6 +218,8 @@ def parse_a1111(text: str) -> dict[str, Any]:
     holds a raw line break). The prompts keep their line breaks, blank lines and spaces as written
     (A1111 writes them so; its own reader also strips each line, which this one does not, so that
     Dreamy's text reads back exactly); only the one space after ``Negative prompt:`` is A1111's.
+    Dreamy's own text of a plain-syntax prompt (:func:`prompt_syntax_of` says "plain") has its
+    escapes undone, so both prompts read back exactly as dreamed.
     """
     lines = text.replace("\r\n", "\n").replace("\r", "\n").rstrip().split("\n")
     fields: dict[str, Any] = {}
@@ -231,4 +250,15 @@ def parse_a1111(text: str) -> dict[str, Any]:
             prompt.append(line)
     fields.pop("prompt", None)
     fields.pop("negative_prompt", None)
-    return {"prompt": "\n".join(prompt), "negative_prompt": "\n".join(negative or []), **fields}
+    texts = {"prompt": "\n".join(prompt), "negative_prompt": "\n".join(negative or [])}
+    if prompt_syntax_of(fields) == "plain":
+        texts = {k: unescape_plain(v) for k, v in texts.items()}
+    return {**texts, **fields}
+
+
+def prompt_syntax_of(fields: dict[str, Any]) -> str:
+    """The prompt syntax an A1111 ``parameters`` text was written in: "plain" for Dreamy's own text of a
+    plain-syntax prompt (``Version: dreamy ...`` with ``Prompt syntax: plain``), "a1111" for anything
+    else (A1111, Forge, and Dreamy's a1111-syntax prompts are all written for A1111's reading)."""
+    dreamy = str(fields.get("Version", "")).startswith("dreamy ")
+    return "plain" if dreamy and fields.get(PROMPT_SYNTAX) == "plain" else "a1111"

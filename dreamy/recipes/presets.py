@@ -23,11 +23,13 @@ except ModuleNotFoundError:  # Python 3.10
 from ..errors import PresetError
 from ..models.a1111_prompt import check_prompt_syntax
 from .settings import SECTIONS, build, field_names
+from .words import WordSettings, word_settings
 
 BUILTIN_DIR = Path(__file__).resolve().parents[2] / "presets"
 PRESET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # a file stem in a preset folder
-# [corridor]: the corridor meter's thresholds, read by dreamy/training/corridor_marks.py (docs/corridor.md)
-_TOP_KEYS = {"name", "description", "extends", "corridor", *SECTIONS}
+# [corridor]: the corridor meter's thresholds, read by dreamy/training/corridor_marks.py (docs/corridor.md);
+# [word]: how the word layer writes a prompt (dreamy/recipes/words.py, dreamy/prompt_helper.py)
+_TOP_KEYS = {"name", "description", "extends", "corridor", "word", *SECTIONS}
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,7 @@ class Preset:
     train: Any
     enlarge: Any
     locked: dict[str, tuple[str, ...]]
+    word: WordSettings = WordSettings()  # the [word] table (its defaults when the preset has none)
 
     def section(self, job: str) -> Any:
         return getattr(self, job)
@@ -110,7 +113,7 @@ def _read_raw(path: Path, chain: tuple[Path, ...] = ()) -> dict:
     merged.pop("name", None)  # a preset is named by its own file, never by its parent
     merged.pop("description", None)
     for key, value in raw.items():
-        if key in SECTIONS:
+        if key in SECTIONS or (key == "word" and isinstance(value, dict)):  # tables inherit key by key
             merged[key] = {**merged.get(key, {}), **value}
         else:
             merged[key] = value
@@ -142,6 +145,7 @@ def load_preset(name_or_path: str | Path) -> Preset:
         description=raw.get("description", ""),
         path=path,
         locked=locked,
+        word=word_settings(raw.get("word", {}), f"{path} [word]"),
         **values,
     )
     from .samplers import check_sampler_runs

@@ -23,6 +23,25 @@ RECIPE_FORMAT = 1
 
 
 @dataclass(frozen=True)
+class AdapterRef:
+    """A LoRA or a textual-inversion embedding applied to a model (dreamy/models/sdxl_adapters.py).
+
+    ``source``: the file as given; ``sha256``: its content hash (recall refuses a changed file);
+    ``name``: its file name without suffix (A1111's name for it); ``scale``: a LoRA's strength
+    (1.0 as trained); ``token``: the word an embedding is written as in prompts; ``a1111_hash``: the
+    short hash A1111 writes in ``Lora hashes`` (sha256 of the tensor data after the safetensors
+    header, as kohya's "addnet" hash) or ``TI hashes`` (sha256 of the file), 12 hex digits."""
+
+    kind: str  # lora | embedding
+    source: str
+    sha256: str
+    name: str
+    scale: float | None = None
+    token: str | None = None
+    a1111_hash: str | None = None
+
+
+@dataclass(frozen=True)
 class ModelRef:
     """Which weights: the source as the user gave it, what kind it is, and its content hashes.
 
@@ -39,6 +58,8 @@ class ModelRef:
     label: str
     checkpoint_step: int | None = None
     single_file_sha256: str | None = None
+    arch: str | None = None  # sd15 | sdxl, as found in the files (None: recorded before it was)
+    adapters: tuple[AdapterRef, ...] = ()  # LoRAs and embeddings applied on top, in order
 
     @property
     def short_hash(self) -> str:
@@ -100,6 +121,10 @@ class Recipe:
         syntax = " · A1111 prompt syntax" if getattr(s, "prompt_syntax", "plain") == "a1111" else ""
         lines.append(f"guidance {s.guidance} · {s.steps} {s.sampler} steps · {s.width}×{s.height} · {s.precision}{syntax}"
                      if self.job == "dream" else f"a {self.job} recipe")
+        styles = [f"LoRA {a.name} ×{a.scale if a.scale is not None else 1.0:g}" if a.kind == "lora" else f"embedding {a.name} ({a.token})"
+                  for a in (self.model.adapters if self.model else ())]
+        if styles:
+            lines.append("style: " + ", ".join(styles))
         if self.unlocked:
             lines.append("unlocked: " + ", ".join(f"{k} {v.get('preset')!r} → {v.get('value')!r}"
                                                   for k, v in self.unlocked.items()))
@@ -125,10 +150,13 @@ class Recipe:
             if m is not None:
                 step = m.get("checkpoint_step")
                 single = m.get("single_file_sha256")  # absent from recipes written before it was recorded
+                arch = m.get("arch")
                 model = ModelRef(
                     source=_str(m["source"]), kind=_str(m["kind"]), sha256=_str(m["sha256"]),
                     label=_str(m["label"]), checkpoint_step=None if step is None else _int(step),
                     single_file_sha256=None if single is None else _sha256(single),
+                    arch=None if arch is None else _choice(arch, ("sd15", "sdxl")),
+                    adapters=tuple(_adapter(a) for a in _list(m.get("adapters", []), 32)),
                 )
             seed = d.get("seed")
             locked = d.get("locked", [])
@@ -167,6 +195,33 @@ def _sha256(v: Any) -> str:
     if not isinstance(v, str) or not re.fullmatch(r"[0-9a-f]{64}", v):
         raise TypeError("expected a sha256 in hex")
     return v
+
+
+def _choice(v: Any, choices: tuple[str, ...]) -> str:
+    if v not in choices:
+        raise TypeError(f"expected one of {', '.join(choices)}")
+    return v
+
+
+def _list(v: Any, most: int) -> list:
+    if not isinstance(v, list | tuple) or len(v) > most:
+        raise TypeError(f"expected a list of at most {most} entries")
+    return v
+
+
+def _adapter(a: Any) -> AdapterRef:
+    """An AdapterRef from untrusted JSON: every field type-checked, a finite scale, a plain name."""
+    import math
+
+    if not isinstance(a, dict):
+        raise TypeError("an adapter is not a table")
+    scale, token, short = a.get("scale"), a.get("token"), a.get("a1111_hash")
+    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, int | float) or not math.isfinite(scale)):
+        raise TypeError("an adapter's scale is not a finite number")
+    return AdapterRef(kind=_choice(a["kind"], ("lora", "embedding")), source=_str(a["source"]),
+                      sha256=_sha256(a["sha256"]), name=_str(a["name"]),
+                      scale=None if scale is None else float(scale), token=None if token is None else _str(token),
+                      a1111_hash=None if short is None else _str(short))
 
 
 def _int(v: Any) -> int:

@@ -8,6 +8,12 @@ Samplers that draw fresh noise at every step (A1111's ancestral "Euler a" and th
 draw it from each seed's own generator - the CPU generator that drew the seed's starting noise,
 continued, as stock diffusers does with a per-image generator list - so a seed's picture does not
 depend on the batch it is in (see :func:`is_noisy` and ``dreamy.dreaming.blocks.denoise``).
+DPM++ SDE (k-diffusion's ``sample_dpmpp_sde``, diffusers' ``DPMSolverSDEScheduler``) draws its noise
+from a torchsde Brownian tree instead: one tree per row, seeded with the row's seed (as A1111's
+``create_noise_sampler`` seeds it with the batch's seeds; diffusers' ``BatchedBrownianTree`` takes the
+list as ``noise_sampler_seed``), spanning the schedule's own sigma range (which no row changes), and
+built on the CPU in fp32 (:func:`make_scheduler`), so a seed's noise is the same in any batch and on
+any device, as the starting noise is.
 
 A1111's names (its ``modules/sd_samplers_kdiffusion.py`` list, whose samplers are Katherine
 Crowson's k-diffusion ``sample_euler_ancestral``, ``sample_dpmpp_2m`` ...; and its DDIM and PLMS)
@@ -23,6 +29,7 @@ import importlib.util
 import inspect
 import json
 import logging
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -208,17 +215,57 @@ def step_parameters(scheduler: Any) -> set[str]:
 
 def make_scheduler(sampler: str, kwargs: dict[str, Any]):
     """A fresh scheduler (schedulers hold per-run state, so every job gets its own), built from the
-    sampler's fixed arguments and ``kwargs``. Raises PresetError as :func:`check_scheduler_args`."""
+    sampler's fixed arguments and ``kwargs``. Raises PresetError as :func:`check_scheduler_args`.
+
+    For ``dpmpp_sde`` it is diffusers' ``DPMSolverSDEScheduler`` with its Brownian tree on the CPU
+    (:func:`_cpu_tree_sde`); set ``noise_sampler_seed`` to the rows' seeds before the first step."""
     check_scheduler_args(sampler, kwargs, f"sampler '{sampler}'")
     kwargs = {**SAMPLERS[sampler].fixed, **kwargs}
+    cls = _cpu_tree_sde() if sampler == "dpmpp_sde" else _scheduler_class(sampler)
     # diffusers' config mixin logs about steps_offset != 1 and similar "outdated config" notes;
     # the recipe keeps those values on purpose.
     log = logging.getLogger("diffusers.configuration_utils")
     level = log.level
     log.setLevel(logging.ERROR)
     try:
-        return _scheduler_class(sampler)(**kwargs)
+        return cls(**kwargs)
     finally:
         log.setLevel(level)
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_tree_sde() -> type:
+    """diffusers' ``DPMSolverSDEScheduler`` whose Brownian tree is built on the CPU in fp32 and whose
+    draws are moved to the latents' device and dtype.
+
+    Stock builds the tree on the latents' device and dtype, so a CUDA fp16 run draws other noise than
+    a CPU run (torchsde seeds a generator of that device). On the CPU in fp32 the tree is stock's own
+    (same shape, dtype, device, sigma range and seeds), so the pictures are stock's bit for bit."""
+    import torch
+    from diffusers import DPMSolverSDEScheduler
+    from diffusers.schedulers.scheduling_dpmsolver_sde import BrownianTreeNoiseSampler
+
+    class CPUTreeDPMSolverSDEScheduler(DPMSolverSDEScheduler):
+        def step(self, model_output, timestep, sample, return_dict: bool = True, s_noise: float = 1.0):
+            if self.noise_sampler is None:  # stock makes it on the first step, from the same numbers
+                positive = self.sigmas[self.sigmas > 0]
+                tree = BrownianTreeNoiseSampler(torch.zeros(sample.shape, dtype=torch.float32),
+                                                positive.min().item(), self.sigmas.max().item(),
+                                                self.noise_sampler_seed)
+                device, dtype = sample.device, sample.dtype
+
+                def noise(sigma, sigma_next):
+                    # torchsde warns when a query lands a float32 rounding below the tree's start (the
+                    # sigmas pass through -log and exp) and clamps it to the start: stock's numbers,
+                    # harmless, and a warning on every run. Clamping here instead would change stock's
+                    # normaliser in the last bit, so the warning is silenced around the call.
+                    with warnings.catch_warnings():
+                        warnings.filterwarnings("ignore", message=r"Should have (ta|tb)[<>]=t[01]")
+                        return tree(sigma, sigma_next).to(device, dtype)
+
+                self.noise_sampler = noise
+            return super().step(model_output, timestep, sample, return_dict=return_dict, s_noise=s_noise)
+
+    return CPUTreeDPMSolverSDEScheduler
 
 

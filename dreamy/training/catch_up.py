@@ -18,15 +18,13 @@ from pathlib import Path
 import torch
 
 from ..layout import checkpoints as list_checkpoints
-from ..models.checkpoints import PART_FILES, damage
-from .checkpoints import has_resume_state
+from ..models.checkpoints import damage
+from .checkpoints import PART_PATHS, has_resume_state, read_masters, read_parts
 from .logbook import PLOT_NAME
 from .modes import Trainables
 from .validation import grid_rows, validation_images
 
-# Where a checkpoint keeps each part (``Trainables.checkpoint_parts``' names), relative to its folder.
-PART_PATHS = {"unet": "unet/diffusion_pytorch_model.safetensors", "text_encoder": "text_encoder/model.safetensors",
-              **PART_FILES}
+__all__ = ["PART_PATHS", "LeftOut", "left_out", "load_params"]
 
 
 @dataclass
@@ -78,18 +76,12 @@ def load_params(path: Path, tr: Trainables) -> str | None:
 
     Returns why it cannot (a phrase: the damage found, or parts that do not fit this run), else None.
     """
-    from safetensors.torch import load_file
-
     masters = has_resume_state(path)
     why = damage(path, resume=masters, cached=True)
     if why is not None:
         return why
     try:
-        if masters:
-            tensors = load_file(str(path / "resume" / "masters.safetensors"))
-        else:
-            tensors = tr.params_from_parts({name: load_file(str(path / rel)) for name, rel in PART_PATHS.items()
-                                            if (path / rel).is_file()})
+        tensors = read_masters(path, list(tr.params)) if masters else tr.params_from_parts(read_parts(path))
         with torch.no_grad():
             for key, p in tr.params.items():
                 p.copy_(tensors[key].to(p.device, p.dtype))

@@ -7,23 +7,27 @@ Layout of ``models/<run>/checkpoints/step-XXXX/``::
     lora_unet.safetensors         LoRA / pivotal: adapter weights (fp16), keys "<module>.lora_A.weight"
     lora_text_encoder.safetensors LoRA with a text-encoder adapter
     embeddings.safetensors        pivotal: the new token embeddings, {"clip_l": [n, dim]} (fp16)
-    resume/masters.safetensors    fp32 master copy of every trained tensor (bit-exact resume)
+    resume/masters.safetensors    the exact fp32 masters of every trained tensor, as int16 residuals over
+                                  the fp16 parts above (residuals.py; bit-exact resume)
     resume/state.pt               optimizer, grad scaler, RNG states, step
 
 The frozen parts (VAE, tokenizer, an untrained text encoder, a LoRA's base) are not copied: the
 checkpoint names its base model once, with its hash, and loading checks that hash. A checkpoint is
 written into a hidden temporary folder and renamed into place, so it is complete or absent; older
-ones are pruned only after the new one is in place. The marker records each file's size and sha256,
+ones are pruned only after the new one is in place. The loop takes a snapshot and writes it in a
+background thread (snapshot.py, writer.py), one write at a time. The marker records each file's size and sha256,
 so damage found later (resume, load) is named; resume then falls back to the newest intact checkpoint,
 which is why the two newest keep their resume states.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +38,16 @@ from ..atomic import output_error, set_file_mode, temp_dir
 from ..errors import TrainError
 from ..layout import CHECKPOINT_FILE, step_dir, step_of
 from ..layout import checkpoints as list_checkpoints
-from ..models.checkpoints import FORMAT, PART_FILES, damage, manifest, marker_sha256
+from ..models.a1111_hash import RECORD_FILE
+from ..models.checkpoints import FORMAT, PART_FILES, _sha256, damage, manifest, marker_sha256
+from . import residuals
 from .modes import Trainables
+from .snapshot import HostBuffers, Snapshot, non_finite, take
+from .writer import CheckpointWriter, PendingWrite
+
+# Where a checkpoint keeps each part (``Trainables.checkpoint_parts``' names), relative to its folder.
+PART_PATHS = {"unet": "unet/diffusion_pytorch_model.safetensors", "text_encoder": "text_encoder/model.safetensors",
+              **PART_FILES}
 
 
 def has_resume_state(path: Path) -> bool:
@@ -105,6 +117,20 @@ def _save_tensors(tensors: dict[str, torch.Tensor], path: Path, dtype: torch.dty
     set_file_mode(path)
 
 
+def _serialize(tensors: dict[str, torch.Tensor]) -> bytes:
+    """An fp16 part as the bytes of its safetensors file (what ``_save_tensors`` would write)."""
+    from safetensors.torch import save
+
+    return save({k: (t.to(torch.float16) if t.is_floating_point() else t).contiguous() for k, t in tensors.items()},
+                metadata={"format": "pt"})
+
+
+def _write_bytes(path: Path, blob: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(blob)
+    set_file_mode(path)
+
+
 def _rng_states() -> dict[str, Any]:
     np_state = np.random.get_state()
     state: dict[str, Any] = {
@@ -133,46 +159,86 @@ def save_checkpoint(
     meta: dict[str, Any],
     optimizer: torch.optim.Optimizer,
     scaler: Any,
-) -> Path:
-    """Write checkpoint ``step`` atomically: the inference parts in fp16 plus the full resume state.
+    writer: CheckpointWriter | None = None,
+    buffers: HostBuffers | None = None,
+    then: Callable[[], Any] | None = None,
+) -> Path | tuple[PendingWrite, dict[str, dict[str, torch.Tensor]]]:
+    """Write checkpoint ``step`` atomically: the inference parts in fp16 plus the resume state.
 
-    The marker records every file's size and sha256 (read back from disk), so a checkpoint damaged
-    later is recognised on resume and on load. Non-finite trained weights are refused (TrainError):
-    a diverged run never overwrites or adds a checkpoint.
+    Without ``writer`` it is written now and its folder returned. With one, a snapshot is taken now
+    (``snapshot.take``) and written by the writer's thread; returned are the ``PendingWrite`` and the
+    snapshot's fp16 parts on the training device (what Dream will load from it: the validation
+    model takes them); ``then`` runs after the folder is in place (pruning). Non-finite trained weights are refused (TrainError) before anything is taken:
+    a diverged run never overwrites or adds a checkpoint. Write errors (OSError) become OutputError,
+    raised here or, in the background, by the writer's ``wait``.
     """
-    bad = [k for k, t in trainables.params.items() if not bool(torch.isfinite(t.detach()).all())]
+    bad = non_finite(trainables)
     if bad:
         raise TrainError(f"The trained weights became NaN or infinite by step {step} ({bad[0]}); the run diverged "
                          "and this step was not saved: lower the learning rate or resume from an earlier checkpoint.")
+    snap, device_parts = take(step, trainables, optimizer, scaler, _rng_states(), buffers or HostBuffers())
     final = step_dir(run_dir, step)
+    pending = PendingWrite(step, final)
+
+    def job(p: PendingWrite) -> Path:
+        path = write_snapshot(p, snap, meta)
+        if then is not None:
+            then()
+        return path
+
+    if writer is None:
+        return job(pending)
+    return writer.submit(pending, job), device_parts
+
+
+def content_sha256(files: dict[str, dict[str, Any]], base_sha256: str) -> str:
+    """``models.checkpoints.checkpoint_sha256`` from a manifest (relative path -> size, sha256) instead of the
+    folder: the inference files in path order (not ``resume/``, not the marker or the A1111 hash record)."""
+    lines = [f"base:{base_sha256}"]
+    for rel in sorted(files, key=lambda r: r.split("/")):
+        name = rel.rsplit("/", 1)[-1]
+        if not rel.startswith("resume/") and name not in (CHECKPOINT_FILE, RECORD_FILE):
+            lines.append(f"{rel}:{files[rel]['sha256']}")
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+def write_snapshot(pending: PendingWrite, snap: Snapshot, meta: dict[str, Any]) -> Path:
+    """Write ``snap`` as checkpoint folder ``pending.path``: the inference parts (their content hash is published
+    once their bytes are made, before they are written), the resume state, the marker with every file's size
+    and sha256 (of the bytes written; the resume files read back), one rename. Runs in the writer's thread or
+    the caller's."""
+    final = pending.path
     try:
         tmp = temp_dir(final, prefix=f".tmp-{final.name}-")
     except OSError as e:
         raise output_error(final, e) from None
     try:
-        parts = trainables.checkpoint_parts()
-        for name, tensors in parts.items():
-            if name == "unet":
-                (tmp / "unet").mkdir()
-                trainables.unet.save_config(tmp / "unet")
-                _save_tensors(tensors, tmp / "unet" / "diffusion_pytorch_model.safetensors", torch.float16)
-            elif name == "text_encoder":
-                (tmp / "text_encoder").mkdir()
-                trainables.text_encoder.config.save_pretrained(tmp / "text_encoder")
-                _save_tensors(tensors, tmp / "text_encoder" / "model.safetensors", torch.float16)
-            else:
-                _save_tensors(tensors, tmp / PART_FILES[name], torch.float16)
+        snap.ready()
+        files: dict[str, dict[str, Any]] = {}
+        blobs = []
+        for name, tensors in snap.parts.items():
+            if name in snap.configs:  # unet/, text_encoder/: a diffusers/transformers folder with its config
+                (tmp / name).mkdir()
+                snap.configs[name](tmp / name)
+            blob = _serialize(tensors)
+            files[PART_PATHS[name]] = {"size": len(blob), "sha256": hashlib.sha256(blob).hexdigest()}
+            blobs.append((tmp / PART_PATHS[name], blob))
+        files.update(manifest(tmp))  # the config files
+        # The hash the validation PNGs name the checkpoint by, from the bytes about to be written: the
+        # renders need not wait for the disk.
+        pending.publish_hash(content_sha256(files, meta["base"]["sha256"]))
+        for path, blob in blobs:
+            _write_bytes(path, blob)
+        del blobs
         (tmp / "resume").mkdir()
-        _save_tensors(dict(trainables.params), tmp / "resume" / "masters.safetensors", torch.float32)
-        state = {
-            "step": step,
-            "optimizer": optimizer.state_dict(),
-            "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
-            "rng": _rng_states(),
-        }
-        torch.save(state, tmp / "resume" / "state.pt")
-        meta = {**meta, "format": FORMAT, "step": step, "parts": sorted(parts), "tokens": trainables.tokens,
-                "files": manifest(tmp)}
+        _save_tensors(residuals.encode(snap.masters, snap.parts), tmp / "resume" / "masters.safetensors", None)
+        torch.save(snap.state, tmp / "resume" / "state.pt")
+        for f in (tmp / "resume").iterdir():
+            set_file_mode(f)
+        files.update({f"resume/{f.name}": {"size": f.stat().st_size, "sha256": _sha256(f)}
+                      for f in sorted((tmp / "resume").iterdir())})
+        meta = {**meta, "format": FORMAT, "step": snap.step, "parts": sorted(snap.parts), "tokens": snap.tokens,
+                "files": dict(sorted(files.items()))}
         meta["marker_sha256"] = marker_sha256(meta)
         (tmp / CHECKPOINT_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True), encoding="utf-8")
         replace_dir(tmp, final)
@@ -237,10 +303,26 @@ def prune(run_dir: Path, total_limit: int, keep_resume_state: str) -> list[Path]
     return removed
 
 
-def read_resume(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def read_parts(path: Path) -> dict[str, dict[str, torch.Tensor]]:
+    """A checkpoint's fp16 inference parts (those present), by part name, on the CPU."""
     from safetensors.torch import load_file
 
-    masters = load_file(str(path / "resume" / "masters.safetensors"))
+    return {name: load_file(str(path / rel)) for name, rel in PART_PATHS.items() if (path / rel).is_file()}
+
+
+def read_masters(path: Path, keys: list[str] | None = None) -> dict[str, torch.Tensor]:
+    """A checkpoint's exact fp32 masters: ``resume/masters.safetensors``, completed by its fp16 parts when it
+    holds residuals (``residuals.py``); ``keys`` as in ``residuals.decode``."""
+    from safetensors.torch import load_file
+
+    stored = load_file(str(path / "resume" / "masters.safetensors"))
+    if not residuals.is_encoded(stored):
+        return stored
+    return residuals.decode(stored, read_parts(path), keys)
+
+
+def read_resume(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    masters = read_masters(path)
     state = torch.load(path / "resume" / "state.pt", map_location="cpu", weights_only=True)
     return masters, state
 
@@ -251,7 +333,8 @@ def restore(path: Path, trainables: Trainables, optimizer: torch.optim.Optimizer
     Raises TrainError (one sentence) when it cannot be read (damaged since ``newest_intact`` checked it).
     """
     try:
-        masters, state = read_resume(path)
+        masters = read_masters(path, list(trainables.params))
+        state = torch.load(path / "resume" / "state.pt", map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - damaged between the check and the read: one sentence, not a traceback
         raise TrainError(f"Checkpoint {path.name} of run '{path.parent.parent.name}' cannot be read "
                          f"({str(e).splitlines()[0][:80] if str(e) else type(e).__name__}); resume again to fall "

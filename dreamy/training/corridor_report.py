@@ -45,16 +45,37 @@ def table_lines(rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
-def curve_rows(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The four signals in long form for a line plot: one {"step", "signal", "value", "mark"} per
-    measured signal and step (None values left out)."""
+MARK_LEVEL = {"before": 0.0, "inside": 0.5, "past": 1.0}  # the marks as a series on the signals' 0-1 scale
+MARK_SERIES = "mark"  # its levels: MARK_LEVEL
+
+
+def curves(rows: list[dict[str, Any]], marks: bool = True) -> list[dict[str, Any]]:
+    """``rows`` (read_rows) in long form for a line plot: one {"step", "signal", "value", "mark"} per
+    measured signal and step (None and non-finite values left out). With ``marks``, each marked step
+    also gets a point of the series MARK_SERIES at 0 (before), 0.5 (inside) or 1 (past), so the plot
+    shows where the run entered and left the corridor beside the signals that decided it."""
     out = []
-    for r in read_rows(run_dir):
+    for r in rows:
         for name in SIGNALS:
             v = r.get(name)
             if isinstance(v, int | float) and math.isfinite(v):
                 out.append({"step": r["step"], "signal": name, "value": float(v), "mark": r.get("mark", "")})
+        if marks and r.get("mark") in MARK_LEVEL:
+            out.append({"step": r["step"], "signal": MARK_SERIES, "value": MARK_LEVEL[r["mark"]], "mark": r["mark"]})
     return out
+
+
+def curve_rows(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The four signals of a run's corridor.json in long form (:func:`curves` without the marks)."""
+    return curves(read_rows(run_dir), marks=False)
+
+
+def marks_line(rows: list[dict[str, Any]]) -> str:
+    """Each measured step's mark in words, e.g. "Marks: step 0 before · step 200 inside · step 400 past
+    (retention 0.41 <= 0.5)." (the reason only where a step is past); "" when nothing is measured."""
+    said = [f"step {r['step']} {r.get('mark', '-')}" + (f" ({r['why']})" if r.get("why") and r.get("mark") == "past"
+                                                          else "") for r in rows]
+    return f"Marks: {' · '.join(said)}." if said else ""
 
 
 def summary(run_dir: str | Path) -> str:

@@ -1,8 +1,10 @@
-"""Validation renders: the locked Dream preset, K fixed seeds, the live weights, and the growing grid.
+"""Validation renders: the locked Dream preset, K fixed seeds, each checkpoint's weights, the growing grid.
 
-The live modules are never cast: on CUDA they stay fp32 masters and the render runs under fp16
-autocast (the cast of diffusers issue #13124 would wreck the next optimizer step). Each PNG carries
-a dream recipe naming the checkpoint it shows, so it can be recalled against that checkpoint.
+A row is what Dream gives for that checkpoint: ``dream_iter`` on the model Dream loads for it
+(``validation_model.py``: a second copy of the base in Dream's dtype holding the checkpoint's fp16
+parts), through Dream's own CUDA fast path. The live fp32 masters are never cast or touched (the
+cast of diffusers issue #13124 would wreck the next optimizer step). Each PNG carries a dream recipe
+naming the checkpoint it shows, so it can be recalled against that checkpoint.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -23,7 +25,7 @@ from ..events import CancelToken
 from ..models.devices import runtime_info
 from ..models.sources import SDModel
 from ..png.metadata import save_png
-from ..recipes.recipe import Recipe
+from ..recipes.recipe import ModelRef, Recipe
 
 _NAME = re.compile(r"step(\d+)-seed(\d+)\.png")
 GRID_NAME = "grid.png"
@@ -72,14 +74,35 @@ def render_seeds(model: SDModel, recipe: Recipe, seeds: Sequence[int],
             m.train(t)
 
 
+def batch_size_for(model: SDModel, seeds: Sequence[int]) -> int:
+    """Seeds per Dream batch: all of a row (up to 8) on CUDA, where the fast path renders them in one
+    replay; one on the CPU, where Dream runs seed by seed anyway and a Stop then cuts in sooner."""
+    return max(1, min(len(seeds), 8)) if model.device.type == "cuda" else 1
+
+
 def render(model: SDModel, recipe: Recipe, seeds: Sequence[int], out_dir: Path, step: int,
-           cancel: CancelToken | None = None) -> list[Path]:
+           cancel: CancelToken | None = None, ref: Callable[[], ModelRef] | None = None) -> list[Path]:
     """Validation PNGs for ``step`` (named stepNNNNNN-seedNNNNNN.png), each with its dream recipe.
 
+    ``model`` is what Dream loads for the checkpoint (``ValidationModel``), rendered by ``dream_iter``
+    itself (its CUDA fast path where it runs) at ``batch_size_for`` seeds a batch, so a PNG is the
+    picture Dream gives for that checkpoint and seed at that batch size. ``ref`` gives the model the
+    PNGs' recipes name (the checkpoint, by content hash); it is asked once the first picture is
+    rendered, so it may wait for the checkpoint's files (default: ``model.ref``).
     Raises Cancelled once ``cancel`` is set (the PNGs written before stay; a resume renders the rest)."""
-    recipe = recipe.replace(runtime={**recipe.runtime, "validation_of_train_step": step})
-    return [save_png(image, out_dir / image_name(r.replace(model=_at_step(r.model, step))), r)
-            for image, r in render_seeds(model, recipe, seeds, cancel)]
+    from ..dreaming.dreams import dream_iter
+
+    out = []
+    named = None
+    for d in dream_iter(model, recipe=recipe, seeds=list(seeds), batch_size=batch_size_for(model, seeds),
+                        cancel=cancel):
+        if cancel is not None:
+            cancel.check()  # rendered but not saved: the resume renders it again
+        if named is None:
+            named = ref() if ref is not None else model.ref
+        r = d.recipe.replace(model=named, runtime={**d.recipe.runtime, "validation_of_train_step": step})
+        out.append(save_png(d.image, out_dir / image_name(r.replace(model=_at_step(r.model, step))), r))
+    return out
 
 
 def _at_step(ref, step: int):
