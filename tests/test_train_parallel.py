@@ -28,6 +28,7 @@ from dreamy.layout import checkpoints as list_checkpoints
 from dreamy.models.checkpoints import read_meta
 from dreamy.models.sources import load_model
 from dreamy.training import TrainError
+from dreamy.training.checkpoints import read_masters
 
 LR = 1e-4
 # 3 images, global batch 2, 2 micro-steps per step: every other micro-step is the short batch of an
@@ -80,7 +81,7 @@ def test_two_processes_train_like_one_with_the_global_batch_and_resume_exactly(t
     for _, path in list_checkpoints(par):
         assert read_meta(path)["processes"] == 2
         unet = load_file(str(path / "unet" / "diffusion_pytorch_model.safetensors"))
-        masters = load_file(str(path / "resume" / "masters.safetensors"))
+        masters = read_masters(path)  # exact fp32 masters (stored as residuals over the fp16 parts)
         assert all(torch.equal(v, masters[f"unet.{k}"].half()) for k, v in unet.items())
 
     # the same training in one process with batch 2 (train_batch_size x processes)
