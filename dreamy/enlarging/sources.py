@@ -28,7 +28,7 @@ import torch
 
 from ..errors import HubUnreachable, SourceError
 from ..events import Progress
-from ..models import hub
+from ..models import hub, sdxl
 from ..models.hashing import file_sha256
 from ..recipes.recipe import ModelRef
 from . import tiny
@@ -290,9 +290,6 @@ def load_base(located: Located, dtype: torch.dtype) -> dict[str, Any]:
 
 
 def _load_folder(folder: Path, spec: str, dtype: torch.dtype) -> dict[str, Any]:
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
-
     missing = [p + "/" for p in _SDXL_PARTS if not (folder / p).is_dir()]
     if missing:
         sd15 = not (folder / "text_encoder_2").is_dir() and (folder / "unet").is_dir()
@@ -306,21 +303,4 @@ def _load_folder(folder: Path, spec: str, dtype: torch.dtype) -> dict[str, Any]:
         raise SourceError(f"'{spec}': unet/config.json cannot be read ({e!s:.80}); the folder is corrupt.") from None
     if unet_config.get("addition_embed_type") != "text_time":
         raise SourceError(f"'{spec}' is not an SDXL base model (its UNet lacks SDXL's size conditioning).")
-    loaders = {
-        "unet": lambda: UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=dtype),
-        "vae": lambda: AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=dtype),
-        "text_encoder": lambda: CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", dtype=dtype),
-        "text_encoder_2": lambda: CLIPTextModelWithProjection.from_pretrained(folder, subfolder="text_encoder_2",
-                                                                               dtype=dtype),
-        "tokenizer": lambda: CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer"),
-        "tokenizer_2": lambda: CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer_2"),
-    }
-    parts = {}
-    for name, load in loaders.items():
-        try:
-            parts[name] = load()
-        except Exception as e:  # noqa: BLE001 - library errors vary; the user needs one sentence
-            reason = str(e).replace(str(folder), "").strip().splitlines()[0][:100] if str(e).strip() else ""
-            raise SourceError(f"Could not load the {name} of '{spec}' ({type(e).__name__}: {reason}); the folder is "
-                              "incomplete or corrupt: re-download or re-export it.") from None
-    return parts
+    return sdxl.load_folder(folder, spec, dtype)  # the same parts Dream loads for an SDXL model
