@@ -3,6 +3,7 @@
     python -m bench.train [--steps 60] [--warmup 10] [--variants default,fused,fused+compile] [--out X.json]
     python -m bench.train --tiny          # CPU smoke test of this script on the tiny model
     python -m bench.train --e2e [--steps 300 --every 100] [--out X.json]   # end to end, see run_e2e
+    python -m bench.train --arch sdxl --preset word-style --steps 100 --out X.json   # SDXL: bench/train_sdxl.py
 
 "Stock" is the loop of diffusers' ``examples/dreambooth/train_dreambooth.py`` for the recipe
 (``--train_text_encoder --use_8bit_adam --mixed_precision fp16``, lr 2e-6 constant, batch 1,
@@ -206,6 +207,7 @@ def run_e2e(base: str, photos: Path, steps: int, every: int, resolution: int, ex
     validation_s: dict[int, float] = {}
     notes: list[str] = []
     sizes: dict[str, int] = {}
+    timeline: list[tuple[str, int, float]] = []  # (event, step, seconds since the call): where the time went
     t0 = last = time.perf_counter()
     try:
         for ev in train(photos, name="e2e", preset="sweet-spot", base=base, overrides=overrides, unlock=True,
@@ -229,30 +231,40 @@ def run_e2e(base: str, photos: Path, steps: int, every: int, resolution: int, ex
                 for f in sorted((ev.run_dir / "checkpoints").glob(f"step-{steps:04d}/**/*")):
                     if f.is_file():
                         sizes[str(f.relative_to(ev.run_dir / "checkpoints" / f"step-{steps:04d}"))] = f.stat().st_size
+            timeline.append((type(ev).__name__, ev.step, round(now - t0, 3)))
             last = now
             print(f"[e2e] {now - t0:8.1f}s {ev.describe()}", flush=True)
     finally:
         shutil.rmtree(models, ignore_errors=True)
     warm = 10
     median = statistics.median(step_s[warm:])
-    checkpoints = steps // every
     warmup_extra = sum(step_s[:warm]) - warm * median  # the first steps' compile and warm-up
     before_first = marks["first_step_done_s"] - step_s[0]  # set-up, the base model's row, the fast-path capture
-    loop_wall = marks["wall_s"] - before_first
-    per_ckpt = (loop_wall - sum(step_s)) / checkpoints  # snapshot, validation row, corridor meter, waits
-    fixed = before_first + warmup_extra
+    at = {s: t for kind, s, t in timeline if kind == "StepDone"}
+    last_step_at = at[steps]
+    tail = marks["wall_s"] - last_step_at  # the last checkpoint: its snapshot, row, meter and the last write
+    # Period k: from checkpoint k's step to the next checkpoint's, beyond the median steps: the loop's hold at
+    # the checkpoint and the steps its background write and row slowed. The first pays once-only costs
+    # (pinned host buffers, first write); the later ones are the steady cost each checkpoint adds.
+    periods = [at[m + every] - at[m] - every * median for m in range(every, steps, every)]
+    per_ckpt = statistics.mean(periods[1:] or periods) if periods else 0.0
+    fixed = at[min(every, steps)] - min(every, steps) * median + ((periods[0] - per_ckpt) if periods else 0.0)
     n = extrapolate_to
-    e2e_n = fixed + n * median + (n // every) * per_ckpt
+    e2e_n = fixed + n * median + (n // every - 1) * per_ckpt + tail
     return {
         "steps": steps, "checkpointing_steps": every, "peak_vram_gb": _peak_gb(),
         "s_per_step_median": median, "steps_per_s": 1.0 / median,
         "pure_step_s": steps * median, "wall_s": marks["wall_s"], "ratio_e2e_over_pure": marks["wall_s"] / (steps * median),
         "set_up_and_step0_row_s": before_first, "first_steps_extra_s": warmup_extra,
-        "per_checkpoint_overhead_s": per_ckpt, "validation_row_s": validation_s,
+        "per_checkpoint_overhead_s": per_ckpt, "checkpoint_periods_extra_s": periods,
+        "last_checkpoint_and_end_s": tail, "validation_row_s": validation_s,
         "checkpoint_files_bytes": sizes, "checkpoint_bytes": sum(sizes.values()),
-        "extrapolated": {"to_steps": n, "how": "fixed (set-up, step-0 row, warm-up/compile) once + median step "
-                         f"x {n} + per-checkpoint overhead x {n // every}; measured on {steps} steps",
+        "extrapolated": {"to_steps": n, "how": "fixed (set-up, step-0 row, warm-up, the first checkpoint's "
+                         f"once-only costs) once + median step x {n} + the steady per-checkpoint overhead (its hold "
+                         f"and the steps it slowed; mean of the checkpoints after the first) x {n // every - 1} + the "
+                         f"last checkpoint and end once; measured on {steps} steps",
                          "wall_s": e2e_n, "pure_step_s": n * median, "ratio_e2e_over_pure": e2e_n / (n * median)},
+        "timeline": timeline,
         "notes": notes,
     }
 
@@ -264,6 +276,20 @@ def _free() -> None:
 
 
 def main() -> None:
+    import sys
+
+    if "--arch" in sys.argv:  # --arch sdxl: bench/train_sdxl.py (a preset's SDXL recipe, full-size random init)
+        i = sys.argv.index("--arch")
+        arch = sys.argv[i + 1] if i + 1 < len(sys.argv) else ""
+        rest = sys.argv[1:i] + sys.argv[i + 2 :]
+        if arch == "sdxl":
+            from bench.train_sdxl import main as sdxl_main
+
+            sdxl_main(rest)
+            return
+        if arch != "sd15":
+            raise SystemExit(f"--arch must be sd15 or sdxl, got {arch!r}")
+        sys.argv[1:] = rest
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--warmup", type=int, default=10)
@@ -319,7 +345,20 @@ def main() -> None:
 
 
 def markdown(r: dict) -> str:
-    """The Train table of docs/benchmarks.md from one result."""
+    """The Train table of docs/benchmarks.md from one result (``--e2e``: the end-to-end table)."""
+    if "e2e" in r:
+        e, x = r["e2e"], r["e2e"]["extrapolated"]
+        stock = (r.get("stock") or {}).get("s_per_step_median")
+        return "\n".join([
+            "| default step | stock step | stock ÷ default | set-up + step-0 row | per checkpoint | last checkpoint + end "
+            f"| {e['steps']} steps: wall / pure | {x['to_steps']} steps (extrapolated): wall / pure | peak VRAM |",
+            "|---|---|---|---|---|---|---|---|---|",
+            f"| {e['s_per_step_median']:.3f} s | {'—' if stock is None else format(stock, '.3f') + ' s'} | "
+            f"{'—' if stock is None else format(stock / e['s_per_step_median'], '.2f')} | "
+            f"{e['set_up_and_step0_row_s']:.1f} s | {e['per_checkpoint_overhead_s']:.1f} s | "
+            f"{e.get('last_checkpoint_and_end_s', float('nan')):.1f} s | {e['wall_s']:.1f} / {e['pure_step_s']:.1f} s = "
+            f"{e['ratio_e2e_over_pure']:.2f} | {x['wall_s']:.1f} / {x['pure_step_s']:.1f} s = "
+            f"**{x['ratio_e2e_over_pure']:.2f}** | {e['peak_vram_gb']:.1f} GB |"])
     rows = ["| loop | s / step (median) | × stock | peak VRAM | loss first → last (finite) |", "|---|---|---|---|---|"]
     arms = ([("stock (train_dreambooth-equivalent)", r["stock"], 1.0)] if "stock" in r else []) + [
         (f"Dreamy `{name}`", arm, (r.get("speedup_vs_stock") or {}).get(name)) for name, arm in r["ours"].items()]

@@ -31,7 +31,9 @@ _LAZY = {
     "parse_seeds": "recipes.seeds",
     "train": "training.loop", "export": "training.exports",
     "enlarge": "enlarging.pipeline", "enlarge_many": "enlarging.batch", "enlarge_iter": "enlarging.batch",
-    "word_to_prompt": "prompt_helper", "dream_word": "prompt_helper",
+    "word_to_prompt": "prompt_helper", "dream_word": "prompt_helper", "word_picture": "dreaming.word_picture",
+    "prompt_sweep": "dreaming.prompt_sweeps", "read_prompt_file": "dreaming.prompt_sweeps",
+    "add_to_training_set": "training.sets",
     "list_runs": "history", "open_run": "history", "list_dreams": "history", "open_dreams": "history",
 }
 
@@ -50,6 +52,7 @@ __all__ = [
     "CancelToken", "Cancelled", "DreamyError", "LockedFieldError", "PresetError", "Progress", "RecallError",
     "SeedSyntaxError", "SourceError", "__version__", "download_model", "dream", "dream_iter", "list_presets", "load_model",
     "load_preset", "parse_seeds", "recall", "resolve", "Recipe", "sweep", "train", "export", "enlarge",
-    "enlarge_many", "enlarge_iter", "word_to_prompt", "dream_word",
+    "enlarge_many", "enlarge_iter", "word_to_prompt", "dream_word", "word_picture", "prompt_sweep",
+    "read_prompt_file", "add_to_training_set",
     "list_runs", "open_run", "list_dreams", "open_dreams",
 ]

@@ -46,7 +46,8 @@ class WordPrompt:
     """A word's prompt and where it came from (what a dream records as ``runtime["word"]``).
 
     ``prompt``: the prompt to dream (trigger + the model's sentence + suffix); ``generated``: the model's
-    answer, cleaned; ``prompt_model``: the model as named (hub id or folder); ``seed``: 0 .. 2**32-1."""
+    answer, cleaned; ``prompt_model``: the model as named (hub id or folder); ``seed``: 0 .. 2**32-1;
+    ``edited``: ``prompt`` was changed by hand from the model's (the studio's Word box), recorded only then."""
 
     word: str
     prompt: str
@@ -54,9 +55,13 @@ class WordPrompt:
     prompt_model: str
     seed: int
     preset: str
+    edited: bool = False
 
     def record(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        record = dataclasses.asdict(self)
+        if not self.edited:  # the model's own prompt: the record as it always was
+            del record["edited"]
+        return record
 
 
 def _word(word: Any) -> str:

@@ -1,10 +1,13 @@
 """The Dream form's pieces that are not layout: its settings in API order, the quick try, the plain
-progress line, the form's values as core overrides, and how a re-dream compares with its PNG."""
+progress line, the form's values as core overrides, how a re-dream compares with its PNG, a prompt
+file into the prompt sweep, and what "Add selected to training set" says."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+
+import gradio as gr
 
 from dreamy.errors import DreamyError
 
@@ -80,3 +83,24 @@ def sameness(dropped: str, again: str | Path) -> str:
         return "the same pixels as the PNG you dropped (its file differs: another Dreamy version wrote the recipe)"
     return (f"**not identical**: {np.count_nonzero(diff.any(axis=-1)) / diff[..., 0].size:.1%} of the pixels differ, "
             f"by at most {int(diff.max())} of 255 (another device, dtype or library version)")
+
+
+def load_prompt_file(path: str | None) -> str:
+    """A prompt file's prompts into the prompt sweep's box, one a line (# lines and blank lines left out)."""
+    from dreamy.dreaming.prompt_sweeps import read_prompt_file
+
+    with user_errors("sweep"):
+        if not path:
+            raise gr.Error("Choose a text file of prompts, one a line.")
+        return "\n".join(read_prompt_file(path))
+
+
+def added_status(kept: Any) -> str:
+    """What "Add selected to training set" says: the picture, its caption (or why none), the set."""
+    if not kept.added:
+        raise gr.Error("; ".join(kept.notes) or "Nothing was added.")
+    caption = kept.added[0].with_suffix(".txt")
+    said = f" with its caption *{caption.read_text('utf-8').strip()[:200]}*" if caption.is_file() else ""
+    notes = "".join(f"\n\n⚠ {n}" for n in kept.notes)
+    return (f"Added `{kept.added[0].name}`{said} to training set **{kept.name}** ({kept.files} files); "
+            f"train on it in the Train tab with captions from files.{notes}")

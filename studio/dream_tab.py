@@ -1,10 +1,11 @@
-"""The Dream tab: model and preset pickers, locked fields, seed sweeps streamed into a gallery,
-recall from a PNG, the checkpoint x seed grid, prompt sweeps, and hand-offs to Enlarge and Train."""
+"""The Dream tab: model and preset pickers, locked fields, seed sweeps streamed into a gallery, the
+Word box (word -> picture -> particles, studio/dream_word.py), recall from a PNG, the checkpoint x seed
+grid (one run, or several side by side), prompt sweeps, and hand-offs to Enlarge and Train (each kept
+picture with its caption file)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -17,15 +18,24 @@ from dreamy.paths import check_tree, within
 from dreamy.recipes.presets import list_presets
 from dreamy.recipes.settings import DreamSettings
 
-from . import history
-from .dream_form import FIELDS, progress_line, quick_label, quick_try, sameness, settings_from
+from . import dream_word, history
+from .dream_form import (
+    FIELDS,
+    added_status,
+    load_prompt_file,
+    progress_line,
+    quick_label,
+    quick_try,
+    sameness,
+    settings_from,
+)
 from .errors import on_gpu, user_errors
 from .gallery import stream_into_gallery
 from .session import GPU, Studio
 from .typed import typed
 from .widgets import as_int, lock_toggled, locked_updates, preset_description, preset_widget, watch_locks
 
-DREAM_JOBS = ("dream", "sweep", "grid", "recall")
+DREAM_JOBS = ("dream", "sweep", "grid", "recall", dream_word.JOB)
 SEEDS_HELP = "7 · 0-15 · 1,5,9 · 100-200:10"
 PRESET = "biased-dreams"  # the preset the tab opens with
 
@@ -76,7 +86,7 @@ def build(studio: Studio) -> DreamTab:
                 model = gr.Dropdown(model_choices(studio), value=studio.default_model, label="Model",
                                     allow_custom_value=True, scale=3, elem_id="dream-model",  # studio.model_source checks
                                     info="base, a trained model, or one checkpoint of a run")
-                preset = gr.Dropdown(list_presets(), value=PRESET, label="Preset", scale=2)
+                preset = gr.Dropdown(list_presets(), value=PRESET, label="Preset", scale=2, elem_id="dream-preset")
             description = gr.Markdown(preset_description(PRESET), elem_classes="dreamy-note")
             with gr.Row():
                 seeds = gr.Textbox("0-3", label="Seeds", info=SEEDS_HELP, scale=2, elem_id="dream-seeds")
@@ -110,10 +120,7 @@ def build(studio: Studio) -> DreamTab:
                 stop = gr.Button("Stop", variant="stop", elem_id="dream-stop", scale=1)
             quick = gr.Button(f"Quick try: {quick_label()} (unlocked, recorded in every image)", size="sm",
                               elem_id="dream-quick")
-            with gr.Accordion("Prompt helper", open=False, visible=bool(studio.prompt_model)):
-                with gr.Row():
-                    word = gr.Textbox(label="One word", scale=3)
-                    grow = gr.Button("Grow a prompt", scale=1)
+            word_box = dream_word.build()
             with gr.Accordion("Recall: drop a PNG (or another tool's JPEG/WebP) to see and re-dream its recipe",
                               open=False):
                 recall_png = gr.File(label="PNG, JPEG or WebP", file_types=[".png", ".jpg", ".jpeg", ".webp"],
@@ -125,12 +132,18 @@ def build(studio: Studio) -> DreamTab:
                 recall_out = gr.Image(label="Re-dreamed", type="filepath", format="png", height=256, interactive=False)
                 recall_status = gr.Markdown(elem_id="dream-recall-status")  # with its result, not under the gallery
             with gr.Accordion("Checkpoint × seed grid: find the window", open=False):
-                gr.Markdown("Dreams the seeds above on every checkpoint of a training run (rows) with this preset.",
+                gr.Markdown("Dreams the seeds above on every checkpoint of a training run (rows) with this preset. "
+                            "Runs picked under *Side by side* get a block of their own beside it, rows matched by "
+                            "step: the same seeds and prompt (put the runs' validation prompt in the form).",
                             elem_classes="dreamy-note")
                 with gr.Row():
                     run = gr.Dropdown(runs(studio.models), label="Training run", scale=3, elem_id="dream-run",
                                       allow_custom_value=True)  # checked: must lie inside models/
                     which = gr.Textbox("all", label="Checkpoints", info="all, or steps: 200,400 · 0-1200:200", scale=2)
+                compare = gr.Dropdown(runs(studio.models), value=[], multiselect=True, label="Side by side with",
+                                      info="other runs to compare checkpoint by checkpoint (AdamW vs Prodigy ...)",
+                                      allow_custom_value=True,  # checked: must lie inside models/
+                                      elem_id="dream-compare")
                 grid_go = gr.Button("Dream the grid", variant="primary", elem_id="dream-grid-go")
                 grid_img = gr.Image(label="Checkpoints × seeds", type="filepath", format="png", interactive=False)
             with gr.Accordion("Prompt sweep: variants × seeds", open=False):
@@ -138,11 +151,14 @@ def build(studio: Studio) -> DreamTab:
                             "needs the preset unlocked, and every image records it.", elem_classes="dreamy-note")
                 variants = gr.Textbox("", lines=4, label="Prompt variants", elem_id="dream-variants",
                                       placeholder="{prompt}, by J. M. W. Turner\n{prompt}, by Hiroshi Yoshida")
+                prompt_file = gr.UploadButton("Load a prompt file (.txt, one prompt a line)", file_types=[".txt"],
+                                              size="sm", elem_id="dream-prompt-file")
                 sweep_go = gr.Button("Sweep the prompts", variant="primary", elem_id="dream-sweep-go")
                 sweep_img = gr.Image(label="Variants × seeds", type="filepath", format="png", interactive=False)
         with gr.Column(scale=3, min_width=420):
+            # fit_columns=False: one picture stays a quarter wide (Gradio's default widened it past the frame)
             gallery = gr.Gallery(label="Dreams", format="png", columns=4, height=480, object_fit="contain",
-                                 elem_id="dream-gallery", preview=False)
+                                 elem_id="dream-gallery", preview=False, fit_columns=False)
             status = gr.Markdown(elem_id="dream-status")
             # a picture, not a file link: the PNG itself (recipe inside) is served and downloaded as it is
             sheet = gr.Image(label="Contact sheet / grid (PNG with recipe)", type="filepath", format="png",
@@ -153,7 +169,9 @@ def build(studio: Studio) -> DreamTab:
                 send_particles = gr.Button("Send to Particles", size="sm")
             with gr.Row():
                 set_name = gr.Textbox("candidates", label="Training set", scale=2, min_width=120)
-                add = gr.Button("Add selected to training set", size="sm", scale=2)
+                trigger = gr.Textbox("", label="Trigger word (captions)", scale=2, min_width=120,
+                                     placeholder="the picture's preset's", elem_id="dream-set-trigger")
+                add = gr.Button("Add selected to training set", size="sm", scale=2, elem_id="dream-add-to-set")
             past = history.past_dreams_picker(studio)  # a past job back in the gallery (studio/history.py)
     paths = gr.State([])
     selected = gr.State(None)
@@ -207,20 +225,23 @@ def build(studio: Studio) -> DreamTab:
     def checkpoint_grid(run: str, checkpoints: str, preset: str, seeds: str, unlock: bool, prompt: str,
                         negative_prompt: str, guidance: float, steps: float, width: float, height: float,
                         sampler: str | None = None, prompt_syntax: str | None = None, scheduler: str | None = None,
-                        request: gr.Request = None, progress=gr.Progress()):
-        """Dream the seeds on every checkpoint of a training run (checkpoints as rows): the "find the window" grid."""
+                        compare: list[str] | None = None, request: gr.Request = None, progress=gr.Progress()):
+        """Dream the seeds on every checkpoint of a training run (checkpoints as rows): the "find the window" grid.
+        ``compare``: more runs, each a block of its own beside it (rows matched by step)."""
         from dreamy.dreaming.sweeps import sweep
 
         with user_errors("sweep"):
             if not run:
                 raise gr.Error("Choose a training run (runs appear here once Train has saved a checkpoint).")
-            folder = check_tree(run, [studio.models], "training run")  # every checkpoint in it is read
+            # every checkpoint in each run is read: each run checked to lie inside models/
+            folders = list(dict.fromkeys(check_tree(r, [studio.models], "training run")
+                                         for r in [run, *(compare or [])]))
             overrides = settings_from(FIELDS, (prompt, negative_prompt, guidance, steps, width, height, sampler,
                                                prompt_syntax, scheduler))
             with studio.job_folder("checkpoint-grid") as out, studio.running(request, "grid") as token:
                 try:
                     # the base row's source comes from the run's run.json: vetted like a picked model
-                    drawn = sweep(str(folder), preset, seeds, out, checkpoints=checkpoints.strip() or None,
+                    drawn = sweep([str(f) for f in folders], preset, seeds, out, checkpoints=checkpoints.strip() or None,
                                   overrides=overrides, unlock=unlock, check_source=studio.model_source,
                                   on_progress=lambda e: progress(e.fraction, desc=f"batch {e.step} of {e.steps} · "
                                                                  f"{e.message}"), cancel=token)
@@ -232,7 +253,8 @@ def build(studio: Studio) -> DreamTab:
             # the cells become the gallery, so a cell can be picked and sent on (Enlarge, a training set)
             cells = [(str(c["path"]), f"{c['row']} · seed {c['seed']}") for c in drawn["cells"]]
             notes = "".join(f"\n\n⚠ {n}" for n in drawn["notes"])
-            status = f"Grid of {folder.name}: {len(cells)} images · `{studio.where(out)}`{notes}"
+            names = " | ".join(f.name for f in folders)
+            status = f"Grid of {names}: {len(cells)} images · `{studio.where(out)}`{notes}"
             return cells, grid_path, status, [c[0] for c in cells], None, grid_path
 
     def read_recipe(png: str | None) -> str:
@@ -278,24 +300,16 @@ def build(studio: Studio) -> DreamTab:
             raise gr.Error("Click a picture in the gallery first.")
         return paths[index]
 
-    def add_to_set(paths: list[str], index: int | None, name: str) -> str:
+    def add_to_set(paths: list[str], index: int | None, name: str, trigger: str = "") -> str:
+        """The picked picture into a training set, beside its caption file (its prompt, the trigger applied)."""
         from dreamy.training.sets import add_to_training_set
 
         with user_errors("curation"):
             path = send(paths, index)
             within(path, [studio.outputs], "picture")
-            kept = add_to_training_set([path], name, studio.training_sets)
-            return (f"Added `{Path(path).name}` to training set **{kept.name}** ({kept.files} files); "
-                    "train on it in the Train tab.")
-
-    def grow_prompt(word: str, unlock: bool):
-        from dreamy.prompt_helper import expand
-
-        with user_errors("prompt helper"):
-            if not studio.prompt_model:
-                raise gr.Error("No prompt model is configured (DREAMY_PROMPT_MODEL).")
-            text = expand(word, studio.prompt_model)
-            return gr.update(value=text), ("" if unlock else "Unlock the preset to dream with the new prompt.")
+            kept = add_to_training_set([path], name, studio.training_sets, captions=True,
+                                       trigger=trigger.strip() or None)
+            return added_status(kept)
 
     # ---- wiring ----
     gpu = {"concurrency_id": GPU, "concurrency_limit": 1}
@@ -312,9 +326,10 @@ def build(studio: Studio) -> DreamTab:
     ins = [model, preset, seeds, unlock, variants, *fields[1:]]
     sweep_ev = sweep_go.click(on_gpu(typed(prompt_sweep, ins)), ins, [*outs, sweep_img], api_name="prompt_sweep",
                               **gpu, **on_gallery)
-    ins = [run, which, preset, seeds, unlock, *fields]
+    ins = [run, which, preset, seeds, unlock, *fields, compare]
     grid_ev = grid_go.click(on_gpu(typed(checkpoint_grid, ins)), ins, [*outs, grid_img],
                             api_name="checkpoint_grid", **gpu, **on_gallery)
+    word_ev = dream_word.wire(word_box, studio, on_disk, model, preset, unlock, fields, gallery, paths, selected, gpu)
     recall_ev = recall_go.click(on_gpu(recall), [recall_png], [recall_out, recall_status], api_name="recall", **gpu,
                                 show_progress_on=[recall_out])
     def stop_jobs(request: gr.Request):
@@ -326,7 +341,7 @@ def build(studio: Studio) -> DreamTab:
         return outcome if outcome else ("Stopped.", gr.update())
 
     stop.click(stop_jobs, None, [status, sheet], api_name="stop",
-               cancels=[dream_ev, quick_ev, sweep_ev, grid_ev, recall_ev], concurrency_limit=None, queue=False)
+               cancels=[dream_ev, quick_ev, sweep_ev, grid_ev, recall_ev, word_ev], concurrency_limit=None, queue=False)
     recall_png.change(read_recipe, recall_png, recall_info, api_name="read_recipe")
     recall_png.change(lambda: (None, ""), None, [recall_out, recall_status], api_visibility="private",
                       queue=False)  # another file: the last re-dream and its verdict go
@@ -338,8 +353,10 @@ def build(studio: Studio) -> DreamTab:
                  [preset, unlock, *fields], fields, api_visibility="private", show_progress="hidden")
     watch_locks(preset, unlock, widgets, "dream")  # an unlocked field that differs from the preset says so
     gallery.select(select, None, selected, api_visibility="private")
-    add.click(add_to_set, [paths, selected, set_name], status, api_visibility="private")
-    grow.click(grow_prompt, [word, unlock], [widgets["prompt"], status], api_visibility="private")
+    add.click(add_to_set, [paths, selected, set_name, trigger], status, api_visibility="private")
+    prompt_file.upload(load_prompt_file, prompt_file, variants, api_visibility="private")
+    compare.focus(lambda: gr.update(choices=runs(studio.models)), None, compare, api_visibility="private",
+                  queue=False, show_progress="hidden")  # runs trained since the page loaded
     def init():
         return locked_updates(PRESET, "dream", FIELDS, False, marks=True)
 
@@ -383,7 +400,8 @@ def _describe(info: Any) -> str:
         rows = "\n".join(f"| {_cell(k)} | {_cell(v)} |" for k, v in info.parameters.items() if v not in ("", None))
         can, cannot = reproducible(info)
         uses = (f"\n\n*Use its settings* puts back its {', '.join(can) or 'nothing'}"
-                + (f"; not its {', '.join(cannot)[:300]}" if cannot else "") + ".")
+                + (f"; not its {', '.join(cannot)[:300]}" if cannot else "") + "."
+                + "".join(f"\n\n⚠ {n}" for n in info.notes))
         return f"{info.message}{uses}\n\n| parameter | value |\n|---|---|\n{rows}"
     return info.recipe.summary(markdown=True)
 

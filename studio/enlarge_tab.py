@@ -21,7 +21,15 @@ from dreamy.recipes.settings import EnlargeSettings
 from .errors import on_gpu, user_errors
 from .session import GPU, Studio
 from .typed import typed
-from .widgets import lock_toggled, locked_updates, overrides_from, preset_description, preset_widget
+from .widgets import (
+    file_rows,
+    lock_toggled,
+    locked_updates,
+    overrides_from,
+    preset_description,
+    preset_widget,
+    watch_locks,
+)
 
 PRESET = "biased-dreams"  # the preset the tab opens with
 STOPPED = "Stopped; nothing was saved."
@@ -43,16 +51,18 @@ LABELS = {
     "positive_prompt": ("Quality prompt", "positive_prompt · added to every picture (demo: Default Positive Prompt)"),
     "negative_prompt": ("Negative prompt", "negative_prompt · demo: Default Negative Prompt"),
 }
+PLAIN = {name: label for name, (label, _) in LABELS.items()}
+INFOS = {name: info for name, (_, info) in LABELS.items()}
 SHOWN_SIZES = 6  # pictures listed by name under "Output size"; the rest are counted
 
 
-def plain_labels(updates: list[dict]) -> list[dict]:
-    """widgets.locked_updates / lock_toggled updates with the plain labels (their 🔒 kept)."""
-    for name, u in zip(FIELDS, updates, strict=True):
-        if "label" in u:
-            raw = name.replace("_", " ")
-            u["label"] = LABELS[name][0] + u["label"][len(raw):] if u["label"].startswith(raw) else u["label"]
-    return updates
+def field_updates(preset: str, unlocked: bool, current: list[Any] | None = None, *, toggled: bool = False) -> list[dict]:
+    """The settings' updates for a preset (``toggled``: the Unlock box changed, ``current``: the values
+    typed), drawn as Dream draws them (widgets.lock_mark) under the plain labels: 🔒 and who locks a
+    field, or "differs from preset (v)" once unlocked; the technical name stays in the info line."""
+    if toggled:
+        return lock_toggled(preset, "enlarge", FIELDS, unlocked, current, marks=True, labels=PLAIN, infos=INFOS)
+    return locked_updates(preset, "enlarge", FIELDS, unlocked, marks=True, labels=PLAIN, infos=INFOS)
 
 
 def pictures_of(image: str | None, more: list[str] | None) -> list[str]:
@@ -82,11 +92,9 @@ def split_batch(paths: list[str]) -> tuple[str, list[str]]:
 
 
 def _widget(name: str, **kwargs: Any):
-    w = preset_widget(EnlargeSettings, name, PRESET, "enlarge", elem_id=f"enlarge-{name}", **kwargs)
-    # the label and info are set once built: preset_widget names them after the raw setting
-    w.label = LABELS[name][0] + (" 🔒" if w.label.endswith("🔒") else "")
-    w.info = LABELS[name][1]
-    return w
+    # the plain label; the info line says who locks it, then the technical name (widgets.lock_mark)
+    return preset_widget(EnlargeSettings, name, PRESET, "enlarge", marks=True, label=PLAIN[name], info=INFOS[name],
+                         elem_id=f"enlarge-{name}", **kwargs)
 
 
 def build(studio: Studio) -> EnlargeTab:
@@ -100,7 +108,7 @@ def build(studio: Studio) -> EnlargeTab:
             # the core reports anything else in one sentence and goes on with the others
             more = gr.File(label="More pictures: a batch (upload several, "
                            "or Dream's “Send all to Enlarge”)", file_count="multiple", type="filepath",
-                           height=120, elem_id="enlarge-more")
+                           height=file_rows(3), elem_id="enlarge-more")  # 3 whole rows, then it scrolls
             sizes = gr.Markdown(elem_id="enlarge-size", elem_classes="dreamy-note")
             preset = gr.Dropdown(list_presets(), value=PRESET, label="Preset")
             description = gr.Markdown(preset_description(PRESET), elem_classes="dreamy-note")
@@ -123,9 +131,13 @@ def build(studio: Studio) -> EnlargeTab:
         with gr.Column(scale=3, min_width=420):
             slider = gr.ImageSlider(label="Before / after", type="filepath", format="png", height=520)
             status = gr.Markdown(elem_id="enlarge-status")
+            # fit_columns=False: one PNG stays a quarter wide; Gradio's default made it a square as wide
+            # as the column, cut by the 240 px frame
             results = gr.Gallery(label="Enlarged (PNGs with their recipe)", format="png", columns=4, height=240,
-                                 object_fit="contain", preview=False, interactive=False, elem_id="enlarge-results")
-            download = gr.File(label="Enlarged PNG (recipe inside)", interactive=False, height=60)
+                                 object_fit="contain", preview=False, interactive=False, elem_id="enlarge-results",
+                                 fit_columns=False)
+            download = gr.File(label="Enlarged PNG (recipe inside)", interactive=False, height=file_rows(1),
+                               elem_id="enlarge-download")
 
     def enlarge(image: str | None, preset: str, unlock: bool, supir_model: str, upscale: float, steps: float,
                 s_cfg: float, spt_linear_cfg: float, control_scale: float, s_stage1: float, s_churn: float,
@@ -239,12 +251,12 @@ def build(studio: Studio) -> EnlargeTab:
     size_ins = [image, more, preset, unlock, widgets["upscale"]]
     for trigger in (image.change, more.change, widgets["upscale"].change, unlock.change):
         trigger(show_sizes, size_ins, sizes, api_visibility="private", queue=False, show_progress="hidden")
-    preset.input(lambda name, u: [preset_description(name),
-                                  *plain_labels(locked_updates(name, "enlarge", FIELDS, u))],
-                 [preset, unlock], [description, *fields], api_visibility="private")
-    unlock.input(lambda name, u: plain_labels(lock_toggled(name, "enlarge", FIELDS, u)), [preset, unlock], fields,
-                 api_visibility="private")
-    return EnlargeTab(image, more, lambda: plain_labels(locked_updates(PRESET, "enlarge", FIELDS, False)), fields)
+    preset.input(lambda name, u: [preset_description(name), *field_updates(name, u)],
+                 [preset, unlock], [description, *fields], api_visibility="private", show_progress="hidden")
+    unlock.input(lambda name, u, *now: field_updates(name, u, list(now), toggled=True), [preset, unlock, *fields],
+                 fields, api_visibility="private", show_progress="hidden")
+    watch_locks(preset, unlock, widgets, "enlarge", labels=PLAIN, infos=INFOS)  # unlocked and changed: says so
+    return EnlargeTab(image, more, lambda: field_updates(PRESET, False), fields)
 
 
 def _enlarged(result: Any) -> str:
@@ -265,10 +277,20 @@ def _summary(done: list[Any], failed: list[str], total: int, where: str) -> str:
     said += f" · {again} repeated, enlarged once" if again else ""
     if failed:
         said += f"\n\n{len(failed)} could not be enlarged:{_bullets(failed)}"
-    notes: list[str] = []
+    return said + _warnings(_grouped_notes(made))
+
+
+def _grouped_notes(made: list[Any]) -> list[str]:
+    """Each note once: said alone when every picture has it ("the tiny demo ran instead" for a batch
+    of three was three lines), else after the pictures it concerns ("a.png, b.png: …")."""
+    sources: dict[str, list[str]] = {}
     for o in made:
-        notes += [f"{o.source}: {n}" for n in o.result.notes if f"{o.source}: {n}" not in notes]
-    return said + _warnings(notes)
+        for n in o.result.notes:
+            sources.setdefault(n, [])
+            if o.source not in sources[n]:
+                sources[n].append(o.source)
+    everyone = {o.source for o in made}
+    return [n if len(everyone) > 1 and set(who) == everyone else f"{', '.join(who)}: {n}" for n, who in sources.items()]
 
 
 def _bullets(lines: list[str]) -> str:

@@ -136,7 +136,8 @@ def open_run_updates(studio: Studio, name: str | None, current_set: str | None, 
     chosen = view.summary.preset if view.summary.preset in list_presets() else default_preset
     unlocked = bool(rec.get("unlocked"))
     settings = view.settings
-    form = locked_updates(chosen, "train", fields, unlocked, {n: settings[n] for n in fields if n in settings})
+    form = locked_updates(chosen, "train", fields, unlocked, {n: settings[n] for n in fields if n in settings},
+                          marks=True)  # as the Train form draws its locks (widgets.lock_mark)
     shown = [gr.update(value=view.validation[n]) if n in view.validation else gr.update() for n in validation]
     photos = history.training_set_of(view.record, studio.training_sets)  # the set to resume on, if one holds them
     return [view.status, loss_frame(view.losses), str(view.grid) if view.grid else None, "\n".join(view.log_lines()),

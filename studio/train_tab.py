@@ -35,11 +35,13 @@ from .session import GPU, Studio
 from .typed import typed
 from .widgets import (
     field_widget,
+    file_rows,
     lock_toggled,
     locked_updates,
     overrides_from,
     preset_description,
     preset_widget,
+    watch_locks,
 )
 
 FIELDS = ["mode", "learning_rate", "max_train_steps", "checkpointing_steps", "resolution", "train_batch_size",
@@ -122,7 +124,7 @@ def build(studio: Studio) -> TrainTab:
             upload = gr.UploadButton("Add photos…", file_count="multiple", file_types=["image"], type="filepath",
                                      elem_id="train-upload", size="sm")
             thumbs = gr.Gallery(label="Photos", columns=3, height=240, object_fit="cover", format="png",
-                                interactive=False, preview=False, elem_id="train-photos")
+                                interactive=False, preview=False, elem_id="train-photos", fit_columns=False)
             problems = gr.Markdown(elem_classes="dreamy-note", elem_id="train-set-notes")
             # The file behind each thumbnail (gallery order), and every file of the set. States, so the
             # API's add_photos keeps its three outputs; the Remove list follows set_files.
@@ -143,13 +145,18 @@ def build(studio: Studio) -> TrainTab:
                                  elem_id="train-unlock")
             with gr.Group():
                 widgets = {}
-                for row in (FIELDS[:2], FIELDS[2:4], FIELDS[4:7]):
+
+                def field(n: str, **kwargs: Any) -> Any:
+                    # the preset's values from the start (also the API's defaults), its locks marked
+                    # under each field from the first paint on (widgets.lock_mark), as in Dream
+                    return preset_widget(TrainSettings, n, PRESET, "train", marks=True, elem_id=f"train-{n}",
+                                         **kwargs)
+
+                # two abreast: a lock note under each field needs the width (three made it five lines)
+                for row in (FIELDS[:2], FIELDS[2:4], FIELDS[4:6], FIELDS[6:7]):
                     with gr.Row():
-                        widgets |= {n: preset_widget(TrainSettings, n, PRESET, "train", min_width=90,
-                                                     elem_id=f"train-{n}") for n in row}
-                # the preset's values from the start: also the API's defaults (widgets.preset_widget)
-                widgets |= {n: preset_widget(TrainSettings, n, PRESET, "train", elem_id=f"train-{n}")
-                            for n in FIELDS[7:]}
+                        widgets |= {n: field(n, min_width=90) for n in row}
+                widgets |= {n: field(n) for n in FIELDS[7:]}
             fields = [widgets[n] for n in FIELDS]
             with gr.Accordion("Validation renders (Dream preset, same seeds each checkpoint)", open=False):
                 gr.Markdown("Smaller renders are faster on a CPU; any change is recorded in each validation PNG.",
@@ -188,7 +195,10 @@ def build(studio: Studio) -> TrainTab:
                     ex_what = gr.Dropdown(EXPORTS, value="single-file,card", label="What", scale=3,
                                           elem_id="train-export-what")
                 ex_go = gr.Button("Export", size="sm")
-                exported = gr.File(label="Exported files", interactive=False, file_count="multiple", height=80)
+                # an export is three files or more (the model, its card, the validation grid): three
+                # rows whole, the rest (LoRA's kohya and diffusers files) scroll
+                exported = gr.File(label="Exported files", interactive=False, file_count="multiple",
+                                   height=file_rows(3), elem_id="train-exported")
     # The run view: loss and the corridor meter side by side, the grid and its cells (one opens in Dream)
     with gr.Row(equal_height=False):
         loss = gr.LinePlot(history.loss_frame([]), x="step", y="loss", height=280, label="Loss", show_label=True,
@@ -203,7 +213,8 @@ def build(studio: Studio) -> TrainTab:
                         interactive=False, height=400, elem_id="train-grid", scale=2)
         with gr.Column(scale=3):
             cells = gr.Gallery(label="Pick a checkpoint and seed", columns=4, height=400, object_fit="contain",
-                               format="png", interactive=False, preview=False, elem_id="train-cells")
+                               format="png", interactive=False, preview=False, elem_id="train-cells",
+                               fit_columns=False)
             with gr.Row():
                 cells_note = gr.Markdown(history.cell_note(None), elem_classes="dreamy-note", elem_id="train-cells-note")
                 to_dream = gr.Button(history.DREAM_IT, size="sm", variant="primary", scale=0, min_width=120,
@@ -387,10 +398,11 @@ def build(studio: Studio) -> TrainTab:
     thumbs.select(pick_photo, [shown_names, to_remove], to_remove, api_visibility="private")
     set_files.change(lambda files: gr.update(choices=files, value=[]), set_files, to_remove, queue=False,
                      api_visibility="private")
-    preset.input(lambda name, u: [preset_description(name), *locked_updates(name, "train", FIELDS, u)],
-                 [preset, unlock], [description, *fields], api_visibility="private")
-    unlock.input(lambda name, u: lock_toggled(name, "train", FIELDS, u), [preset, unlock], fields,
-                 api_visibility="private")
+    preset.input(lambda name, u: [preset_description(name), *locked_updates(name, "train", FIELDS, u, marks=True)],
+                 [preset, unlock], [description, *fields], api_visibility="private", show_progress="hidden")
+    unlock.input(lambda name, u, *now: lock_toggled(name, "train", FIELDS, u, now, marks=True),
+                 [preset, unlock, *fields], fields, api_visibility="private", show_progress="hidden")
+    watch_locks(preset, unlock, widgets, "train")  # an unlocked field that differs from the preset says so
     ex_go.click(typed(export_run, [run_name, ex_step, ex_what]), [run_name, ex_step, ex_what], [exported, status],
                 api_name="export")
     run_name.change(steps_of, [run_name, ex_what], [ex_step, ex_what], api_visibility="private")
@@ -402,7 +414,7 @@ def build(studio: Studio) -> TrainTab:
         """Page load: the sets on disk now (the page may be older than the newest set), the preset's locks."""
         names = _set_names(studio)
         chosen = _pick_set(names, set_name.value)
-        return [*locked_updates(PRESET, "train", FIELDS, False), gr.update(choices=names, value=chosen),
+        return [*locked_updates(PRESET, "train", FIELDS, False, marks=True), gr.update(choices=names, value=chosen),
                 *show_set(chosen, 512), *steps_of(run_name.value, ex_what.value),
                 gr.update(choices=history.run_choices(studio))]
 

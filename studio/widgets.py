@@ -31,12 +31,14 @@ def _field_meta(cls: type, name: str) -> tuple[Any, dict]:
     return typing.get_type_hints(cls)[name], dict(f.metadata)
 
 
-def field_widget(cls: type, name: str, docs: bool = False, locked: bool = False, **kwargs: Any) -> gr.components.Component:
+def field_widget(cls: type, name: str, docs: bool = False, locked: bool = False, *, label: str | None = None,
+                 **kwargs: Any) -> gr.components.Component:
     """A widget for one setting of ``cls`` (DreamSettings, TrainSettings, EnlargeSettings); ``docs`` adds
     the setting's one-line description under its label (costs height: only where it helps); ``locked``
-    shows it read-only with a 🔒, as :func:`locked_updates` does."""
+    shows it read-only with a 🔒, as :func:`locked_updates` does. ``label``: a plain label instead of
+    the setting's name (Enlarge's "Guidance (CFG)" for s_cfg)."""
     tp, meta = _field_meta(cls, name)
-    label = name.replace("_", " ") + (f" {LOCK}" if locked else "")
+    label = (label or name.replace("_", " ")) + (f" {LOCK}" if locked else "")
     if locked:
         kwargs["interactive"] = False
     info = kwargs.pop("info", None) or ((meta.get("doc") or None) if docs else None)
@@ -58,7 +60,8 @@ def preset_widget(cls: type, name: str, preset_name: str, job: str, marks: bool 
                   **kwargs: Any) -> gr.components.Component:
     """:func:`field_widget` holding the preset's value and lock from the start. The value is also the
     API's default for the parameter, so a client may leave a setting out and gets the preset's.
-    ``marks``: the info line says who locks it (see :func:`lock_mark`) from the first paint on."""
+    ``marks``: the info line says who locks it (see :func:`lock_mark`) from the first paint on, in
+    front of the field's own ``info``."""
     preset = load_preset(preset_name)
     value = preset_fields(preset, job)[name]
     locked = name in preset.locked.get(job, ())
@@ -104,7 +107,13 @@ def lock_mark(preset_name: str, job: str, name: str, unlocked: bool, value: Any,
     field's own plain label and info line (default: the setting's name, no info), kept in front.
 
     Raises DreamyError (PresetError) when the preset cannot be read."""
-    preset = load_preset(preset_name)
+    return _mark(load_preset(preset_name), job, name, unlocked, value, label=label, info=info)
+
+
+def _mark(preset: Any, job: str, name: str, unlocked: bool, value: Any, *, label: str | None = None,
+          info: str | None = None) -> dict:
+    """:func:`lock_mark` of a loaded preset (a form's fields share one load: each costs ~50 ms, and a
+    page load marks 31 fields of three tabs)."""
     base = preset_fields(preset, job)[name]
     plain = label or name.replace("_", " ")
     if name in preset.locked.get(job, ()) and not unlocked:
@@ -135,8 +144,8 @@ def locked_updates(preset_name: str, job: str, names: Sequence[str], unlocked: b
         is_locked = name in locked and not unlocked
         value = (values or base).get(name, base[name])
         if marks:
-            mark = lock_mark(preset_name, job, name, unlocked, value, label=(labels or {}).get(name),
-                             info=(infos or {}).get(name))
+            mark = _mark(preset, job, name, unlocked, value, label=(labels or {}).get(name),
+                         info=(infos or {}).get(name))
         else:
             mark = {"label": name.replace("_", " ") + (f" {LOCK}" if is_locked else "")}
         shown_value = as_json(value) if isinstance(base[name], dict) and isinstance(value, dict) else value
@@ -200,6 +209,19 @@ def quick_try_values(job: str) -> dict[str, Any]:
                           "it needs 'extends'.")
     theirs, ours = preset_fields(load_preset(parent), job), preset_fields(quick, job)
     return {k: v for k, v in ours.items() if v != theirs[k]}
+
+
+# ---- file lists ----
+
+
+def file_rows(rows: int) -> int:
+    """The height (px) of a File box that shows ``rows`` whole file rows; more scroll inside it.
+
+    Gradio 6 draws a box narrower than ~500 px (a studio column) with each file as a card 56 px tall,
+    60 px apart, the first 20 px below the frame's top; a wider box draws 28 px rows, so it shows more.
+    A height off this pitch cuts a row through its middle (the Enlarged PNG box at 60 px showed two
+    thirds of its one file). Measured in chromium (tests/test_browser_corridor.py checks it)."""
+    return 20 + 60 * rows
 
 
 # ---- values from widgets ----

@@ -79,7 +79,7 @@ def test_every_endpoint_has_a_stable_name_and_ui_events_stay_private(client):
     names = set(client.view_api(return_format="dict", print_info=False)["named_endpoints"])
     assert names == {"/dream", "/stop", "/prompt_sweep", "/checkpoint_grid", "/read_recipe", "/recall", "/train",
                      "/resume_train", "/stop_train", "/add_photos", "/remove_photos", "/export", "/enlarge",
-                     "/enlarge_many", "/stop_enlarge", "/particles_gif"}
+                     "/enlarge_many", "/stop_enlarge", "/particles_gif", "/word_picture"}
 
 
 def test_dream_streams_pngs_that_carry_their_recipe(client, studio):

@@ -1,30 +1,20 @@
 """A real browser clicks through the studio: Dream (lock toggle, a tiny dream), Train (a few steps, the
 validation grid), Particles and Enlarge; a screenshot of each lands in test-artifacts/browser/.
 
-Playwright drives Debian's chromium headless (``apt-get install chromium``; no browser download, never
+Playwright drives Debian's chromium headless (tests/browser_util.py: no browser download, never
 ``playwright install``). Without playwright or chromium the test is skipped and says why.
 """
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
-
 import pytest
+from browser_util import NEEDS_CHROMIUM, PLAYWRIGHT, open_page, set_number
+from browser_util import shot as _shot
 from PIL import Image
 from test_app_api import running_studio
 
-from conftest import REPO
-
-sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (requirements-dev.txt)")
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or "/usr/bin/chromium"
-ARTIFACTS = REPO / "test-artifacts" / "browser"
-LAPTOP = {"width": 1440, "height": 900}
-
-pytestmark = [
-    pytest.mark.timeout(300),
-    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="no chromium: apt-get install -y chromium (as root)"),
-]
+sync_api = pytest.importorskip("playwright.sync_api", reason=PLAYWRIGHT)
+pytestmark = [pytest.mark.timeout(300), NEEDS_CHROMIUM]
 
 
 @pytest.fixture(scope="module")
@@ -35,32 +25,13 @@ def studio(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def page(studio):
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    ignore = ARTIFACTS.parent / ".gitignore"
-    if not ignore.exists():
-        ignore.write_text("# test output (screenshots): never committed\n*\n")
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-dev-shm-usage"])
-        page = browser.new_page(viewport=LAPTOP)
-        page.set_default_timeout(30_000)
-        page.goto(studio[0])
-        page.locator("#dream-prompt textarea").wait_for()
+    with open_page(studio[0]) as page:
         yield page
-        browser.close()
 
 
 def shot(page, name: str) -> None:
     """The whole page, and what a laptop screen shows without scrolling (the README's pictures)."""
-    page.wait_for_timeout(300)  # let the last update paint
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
-    page.evaluate("window.scrollTo(0, 0)")
-    page.screenshot(path=str(ARTIFACTS / f"{name}-laptop.png"))
-
-
-def set_number(page, selector: str, value: int) -> None:
-    box = page.locator(f"{selector} input").first
-    box.fill(str(value))
-    box.press("Tab")
+    _shot(page, name, laptop=True)
 
 
 def test_dream_lock_toggle_and_a_tiny_dream(page):

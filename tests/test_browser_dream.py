@@ -1,7 +1,7 @@
 """Dream and Enlarge in a real browser, as issue #17 found them: the model list, a prompt sweep whose
 rows can be told apart, a checkpoint grid whose cells become the gallery (one is sent to Enlarge),
 Stop during an enlargement, and the demo named in Enlarge's status. Screenshots land in
-test-artifacts/browser/ (see test_browser.py for the set-up).
+test-artifacts/browser/ (set-up: tests/browser_util.py).
 """
 
 from __future__ import annotations
@@ -11,20 +11,14 @@ import shutil
 from pathlib import Path
 
 import pytest
+from browser_util import ARTIFACTS, NEEDS_CHROMIUM, PLAYWRIGHT, open_page, set_number, shot, wait_for
 from PIL import Image
 from test_app_api import running_studio
 
-from conftest import REPO
-
-sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (requirements-dev.txt)")
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or "/usr/bin/chromium"
-ARTIFACTS = REPO / "test-artifacts" / "browser"
+sync_api = pytest.importorskip("playwright.sync_api", reason=PLAYWRIGHT)
 LONG = "monumental, dramatic, atmospheric, transcendent, golden hour"
 
-pytestmark = [
-    pytest.mark.timeout(600),
-    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="no chromium: apt-get install -y chromium (as root)"),
-]
+pytestmark = [pytest.mark.timeout(600), NEEDS_CHROMIUM]
 
 
 @pytest.fixture(scope="module")
@@ -50,39 +44,8 @@ def studio(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def page(studio):
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-dev-shm-usage"])
-        page = browser.new_page(viewport={"width": 1440, "height": 900})
-        page.set_default_timeout(30_000)
-        page.goto(studio[0])
-        page.locator("#dream-prompt textarea").wait_for()
+    with open_page(studio[0]) as page:
         yield page
-        browser.close()
-
-
-def shot(page, name: str) -> None:
-    page.wait_for_timeout(300)  # let the last update paint
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
-
-
-def set_number(page, selector: str, value: int) -> None:
-    box = page.locator(f"{selector} input").first
-    box.fill(str(value))
-    box.press("Tab")
-
-
-def wait_for(page, selector: str, text: str, timeout: int) -> None:
-    """Wait until ``selector`` shows ``text``; an error toast instead fails at once, with its message."""
-    done = page.locator(selector).filter(has_text=text).or_(page.locator(".toast-body").first)
-    try:
-        done.first.wait_for(timeout=timeout)
-    except sync_api.TimeoutError:
-        shot(page, f"timed-out-{selector.strip('#')}")  # what the page showed instead
-        raise
-    toast = page.locator(".toast-body")
-    assert not toast.count(), f"the studio said: {toast.first.inner_text()}"
-    sync_api.expect(page.locator(selector)).to_contain_text(text)
 
 
 def small_dreams(page) -> None:

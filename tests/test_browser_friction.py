@@ -1,30 +1,22 @@
 """Issue #17's friction items in a real browser: lock notes and "differs from preset" marks, the
 Quick try button, one progress bar, the contact sheet as a picture, Recall saying "byte-identical"
 under its own result, and "Use its settings" of an A1111 file setting the sampler and prompt syntax
-(#21). Screenshots land in test-artifacts/browser/ (set-up as in test_browser.py).
+(#21). Screenshots land in test-artifacts/browser/ (set-up: tests/browser_util.py).
 """
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
-
 import pytest
+from browser_util import NEEDS_CHROMIUM, PLAYWRIGHT, no_toast, open_page, set_number
+from browser_util import shot as _shot
 from PIL import Image, PngImagePlugin
 from test_app_api import running_studio
 
-from conftest import REPO
-
-sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (requirements-dev.txt)")
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or "/usr/bin/chromium"
-ARTIFACTS = REPO / "test-artifacts" / "browser"
+sync_api = pytest.importorskip("playwright.sync_api", reason=PLAYWRIGHT)
 A1111 = ("biomorphic, (fractalism:0.7), a spiral\nNegative prompt: lowres\n"
          "Steps: 2, Sampler: Euler a, CFG scale: 12.5, Seed: 42, Size: 64x64, Model hash: abcdef1234")
 
-pytestmark = [
-    pytest.mark.timeout(600),
-    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="no chromium: apt-get install -y chromium (as root)"),
-]
+pytestmark = [pytest.mark.timeout(600), NEEDS_CHROMIUM]
 
 
 @pytest.fixture(scope="module")
@@ -35,33 +27,12 @@ def studio(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def page(studio):
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-dev-shm-usage"])
-        page = browser.new_page(viewport={"width": 1440, "height": 900})
-        page.set_default_timeout(30_000)
-        page.goto(studio[0])
-        page.locator("#dream-prompt textarea").wait_for()
+    with open_page(studio[0]) as page:
         yield page
-        browser.close()
 
 
 def shot(page, name: str) -> None:
-    page.wait_for_timeout(400)  # let the last update paint
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
-    page.evaluate("window.scrollTo(0, 0)")
-    page.screenshot(path=str(ARTIFACTS / f"{name}-laptop.png"))
-
-
-def set_number(page, selector: str, value: float) -> None:
-    box = page.locator(f"{selector} input").first
-    box.fill(str(value))
-    box.press("Tab")
-
-
-def no_toast(page) -> None:
-    toast = page.locator(".toast-body")
-    assert not toast.count(), f"the studio said: {toast.first.inner_text()}"
+    _shot(page, name, laptop=True)
 
 
 def test_locked_fields_say_who_locks_them_and_unlocked_ones_what_differs(page):

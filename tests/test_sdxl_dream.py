@@ -129,13 +129,6 @@ def test_every_png_carries_the_sdxl_recipe_and_recall_reproduces_its_bytes(xl, t
     assert again.path.read_bytes() == made.path.read_bytes()
 
 
-def test_the_a1111_prompt_syntax_is_refused_for_sdxl_in_one_sentence(xl):
-    from dreamy.errors import DreamyError
-
-    with pytest.raises(DreamyError, match="a1111 prompt syntax is read for Stable Diffusion 1.x only"):
-        dream(xl, seeds="0", overrides={**SMALL, "prompt_syntax": "a1111"}, unlock=True)
-
-
 # ------------------------------------------------------------------------------------------ a trained style
 
 

@@ -84,6 +84,77 @@ def test_unlocking_keeps_typed_values_and_marks_them_locking_again_restores_the_
     assert [u["label"] for u in plain] == ["guidance 🔒", "steps 🔒", "width 🔒"] and "info" not in plain[0]
 
 
+def _props(client) -> dict[str, dict]:
+    return {c["props"].get("elem_id"): c["props"] for c in client.config["components"]}
+
+
+@pytest.mark.parametrize("tab, preset, locked, free", [
+    ("train", "sweet-spot", ["mode", "learning_rate", "max_train_steps", "resolution", "train_batch_size",
+                             "gradient_accumulation_steps"],
+     ["checkpointing_steps", "instance_prompt", "class_prompt", "validation_seeds"]),
+    ("enlarge", "biased-dreams", ["supir_model", "upscale", "steps", "s_cfg", "spt_linear_cfg", "control_scale",
+                                  "s_stage1", "s_churn", "s_noise", "color_fix", "positive_prompt",
+                                  "negative_prompt"], []),
+])
+def test_train_and_enlarge_say_who_locks_a_field_from_the_first_paint(client, tab, preset, locked, free):
+    props = _props(client)
+    note = f"🔒 locked by preset {preset}: tick Unlock to change it"
+    for name in locked:
+        p = props[f"{tab}-{name}"]
+        assert p["label"].endswith(" 🔒") and p["info"].startswith(note) and p["interactive"] is False, (name, p)
+    for name in free:
+        p = props[f"{tab}-{name}"]
+        assert "🔒" not in p["label"] and "locked by" not in (p.get("info") or ""), (name, p)
+
+
+def test_train_marks_what_an_unlocked_run_changes_and_locking_again_restores_the_preset():
+    from studio.train_tab import FIELDS
+    from studio.widgets import lock_toggled, locked_updates
+
+    now = ["full", 2e-6, 4, 2, 64, 1, 1, "a photo of sks person", "", "0-1"]
+    up = dict(zip(FIELDS, lock_toggled("sweet-spot", "train", FIELDS, True, now, marks=True), strict=True))
+    assert up["max_train_steps"]["label"] == "max train steps · differs from preset (1200)"
+    assert up["resolution"]["label"] == "resolution · differs from preset (512)"
+    assert up["validation_seeds"]["label"] == "validation seeds · differs from preset (0-3)"  # not locked: marked too
+    assert up["learning_rate"]["label"] == "learning rate" and up["learning_rate"]["info"] == ""  # the note goes
+    down = dict(zip(FIELDS, lock_toggled("sweet-spot", "train", FIELDS, False, now, marks=True), strict=True))
+    assert down["max_train_steps"]["value"] == 1200 and down["max_train_steps"]["label"] == "max train steps 🔒"
+    assert down["max_train_steps"]["info"].startswith("🔒 locked by preset sweet-spot")
+    assert down["validation_seeds"]["label"] == "validation seeds · differs from preset (0-3)"  # unlocked: kept
+    other = dict(zip(FIELDS, locked_updates("cooked", "train", FIELDS, False, marks=True), strict=True))
+    assert other["learning_rate"]["info"].startswith("🔒 locked by preset cooked")  # another preset picked
+
+
+def test_enlarge_marks_keep_the_plain_names_and_the_technical_ones():
+    from dreamy.recipes.presets import load_preset, preset_fields
+    from studio.enlarge_tab import FIELDS, LABELS, field_updates
+
+    base = preset_fields(load_preset("biased-dreams"), "enlarge")
+    values = [base[n] for n in FIELDS]
+    values[FIELDS.index("steps")] = 2
+    up = dict(zip(FIELDS, field_updates("biased-dreams", True, values, toggled=True), strict=True))
+    assert up["steps"]["label"] == "Steps · differs from preset (30)" and up["steps"]["info"] == "steps"
+    assert up["s_cfg"]["label"] == "Guidance (CFG)" and up["s_cfg"]["info"] == LABELS["s_cfg"][1]
+    down = dict(zip(FIELDS, field_updates("biased-dreams", False, values, toggled=True), strict=True))
+    assert down["steps"]["value"] == 30 and down["steps"]["label"] == "Steps 🔒"
+    assert down["s_churn"]["info"] == "🔒 locked by preset biased-dreams: tick Unlock to change it · s_churn · EDM's S_churn"
+
+
+def test_a_batchs_notes_are_said_once_naming_the_pictures_they_concern():
+    from types import SimpleNamespace as NS
+
+    from studio.enlarge_tab import _grouped_notes
+
+    def made(source, *notes):
+        return NS(source=source, result=NS(notes=list(notes)))
+
+    demo, small = "the tiny demo ran instead", "smaller than 512 px"
+    batch = [made("a.png", demo, small), made("b.png", demo), made("c.png", demo, small)]
+    assert _grouped_notes(batch) == [demo, f"a.png, c.png: {small}"]
+    assert _grouped_notes([made("a.png", demo)]) == [f"a.png: {demo}"]  # one picture: named as before
+    assert _grouped_notes([made("a.png"), made("b.png")]) == []
+
+
 # ---- 2. quick try ----
 
 def test_the_quick_try_is_what_quick_try_changes_in_its_parent_preset():

@@ -45,14 +45,14 @@ def test_a_validation_picture_is_the_picture_dream_gives_for_that_checkpoint(tmp
 def test_a_checkpoint_is_written_while_the_next_steps_train(tmp_path, monkeypatch):
     """The loop hands the write to a thread: steps go on while it is in flight; the folder appears whole."""
     release = threading.Event()
-    real = ckpt._save_tensors
+    real = ckpt._write_tensors
 
-    def slow(tensors, path, dtype):
+    def slow(path, tensors):
         if "step-0002" in str(path):
             assert release.wait(60)
-        return real(tensors, path, dtype)
+        return real(path, tensors)
 
-    monkeypatch.setattr(ckpt, "_save_tensors", slow)
+    monkeypatch.setattr(ckpt, "_write_tensors", slow)
     run_dir = tmp_path / "m" / "bg"
     seen = []
     from dreamy.training import train

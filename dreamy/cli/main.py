@@ -111,6 +111,8 @@ def _dream_foreign(args: argparse.Namespace, info) -> int:
     can, cannot = reproducible(info)
     print(f"{info.tool} settings used: {', '.join(can) or 'none'}"
           + (f"; not reproduced: {', '.join(cannot)[:300]}" if cannot else ""), file=sys.stderr)
+    for said in info.notes:  # what has no equivalent here (a sampler, a setting), one sentence each
+        print(said, file=sys.stderr)
     values = dict(info.values)
     if not values.get("prompt"):
         values.pop("prompt", None)  # nothing read: the preset's prompt stands
@@ -158,6 +160,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         can, cannot = reproducible(info)
         print(f"{info.message}\nDreamy can dream again with its {', '.join(can) or 'nothing'}"
               + (f"; not with its {', '.join(cannot)[:300]}" if cannot else "") + ".", file=sys.stderr)
+        for said in info.notes:  # what has no equivalent here, one sentence each
+            print(said, file=sys.stderr)
         print(json.dumps({"tool": info.tool, "parameters": info.parameters, "settings": info.values,
                           "seed": info.seed, "reproducible": can, "not_reproducible": cannot},
                          indent=2, ensure_ascii=False, default=str))
@@ -233,6 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .word import add_parser as add_word_parser
 
     add_word_parser(sub)
+    from .curate import add_parser as add_curate_parser
+
+    add_curate_parser(sub)
     return parser
 
 

@@ -107,7 +107,7 @@ def _bar():
 def _export(checkpoint: Any, formats: str, step: int | None = None) -> int:
     from ..training.exports import export
 
-    wanted = [e.strip() for e in formats.split(",") if e.strip()] or ["diffusers", "single-file", "card"]
+    wanted = [e.strip() for e in formats.split(",") if e.strip()] or None  # None: the run's defaults (SDXL: lora, card)
     for kind, path in export(checkpoint, formats=wanted, step=step).items():
         print(f"{kind}: {path}")
     return 0

@@ -25,6 +25,8 @@ def cmd_word(args: argparse.Namespace) -> int:
     from ..models.sources import starting_model
 
     overrides = {k: getattr(args, k) for k in _DREAM_FLAGS if getattr(args, k) is not None}
+    if args.particles:
+        return _word_picture(args, word, overrides)
     bar, on_progress = progress_bar("dream")
     try:
         wp, results = with_cancel(lambda token: dream_word(
@@ -38,6 +40,30 @@ def cmd_word(args: argparse.Namespace) -> int:
         print(r.path)
     if len(results) > 1:
         print(Path(args.out) / "contact-sheet.png")
+    return 0
+
+
+def _word_picture(args: argparse.Namespace, word: str, overrides: dict) -> int:
+    """--dream --particles: word -> prompt -> one picture -> its particle loop (the studio's Word box)."""
+    from ..dreaming.word_picture import word_picture
+    from ..errors import DreamyError
+    from ..models.sources import starting_model
+    from ..recipes.seeds import parse_seeds
+
+    seeds = parse_seeds(args.seeds)
+    if len(seeds) != 1:
+        raise DreamyError("--particles makes one picture: give one seed (--seeds 7).")
+    bar, on_progress = progress_bar("dream")
+    try:
+        steps = with_cancel(lambda token: list(word_picture(
+            word, args.model or starting_model(note), args.preset, seeds[0], out_dir=args.out,
+            prompt_model=args.prompt_model, prompt_seed=args.seed, overrides=overrides,
+            unlock=unlock_arg(args.unlock), device=args.device, on_progress=on_progress, cancel=token)))
+    finally:
+        bar.close()
+    note(f"prompt: {steps[-1].word.prompt}")
+    print(steps[-1].picture.path)
+    print(steps[-1].gif)
     return 0
 
 
@@ -57,6 +83,8 @@ def add_parser(sub) -> None:
     w.add_argument("--unlock", nargs="?", const="all", default=None, type=str,
                    help="with --dream: allow changing locked settings (all, or a comma list, e.g. prompt)")
     w.add_argument("--batch-size", type=int, default=1)
+    w.add_argument("--particles", action="store_true", help="with --dream and one seed: also the picture's "
+                   "particle loop, particles.gif (word -> picture -> particles, as the studio's Word box)")
     for name, tp in _DREAM_FLAGS.items():
         w.add_argument(f"--{name}", dest=name, type=tp, default=None, help="with --dream (needs --unlock)")
     w.set_defaults(func=cmd_word)

@@ -10,7 +10,7 @@ A recipe's ``prompt_syntax`` "a1111" reads prompts as AUTOMATIC1111 does instead
 
 SDXL models (``model.arch == "sdxl"``) take the same path with SDXL's conditioning (both text
 encoders, the pooled embedding and the size/crop time ids: dreamy/dreaming/sdxl.py), matching stock
-``StableDiffusionXLPipeline``; only the "plain" prompt syntax.
+``StableDiffusionXLPipeline`` with "plain" prompts and A1111's SDXL conditioning with "a1111" ones.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import DreamyError, check_finite
+from ..errors import check_finite
 from ..events import CancelToken
-from ..models.a1111_prompt import chunk_prompt
+from ..models.a1111_prompt import chunk_prompt, original_emphasis
 from ..models.sdxl_adapters import expand_tokens
 from ..models.sources import SDModel
 from ..models.tokens import check_prompts
@@ -42,18 +42,16 @@ def encode_prompt(model: SDModel, text: str, syntax: str = "plain", negative: bo
     is not a number.
 
     An SDXL model gives an :class:`dreamy.dreaming.sdxl.SDXLText` instead (embeddings (1, 77, 2048)
-    and pooled (1, 1280) for SDXL); ``negative`` marks the negative prompt, all zeros there when
-    empty (see dreamy/dreaming/sdxl.py). The "a1111" syntax raises DreamyError for SDXL. Tokens of
-    loaded multi-vector embeddings are expanded first (:func:`expand_tokens`).
+    and pooled (1, 1280) for SDXL; with "a1111", (1, 77 * chunks, 2048) and the pooled embedding of
+    the first chunk); ``negative`` marks the negative prompt, all zeros there when empty (see
+    dreamy/dreaming/sdxl.py). Tokens of loaded multi-vector embeddings are expanded first
+    (:func:`expand_tokens`).
     """
     text = expand_tokens(model, text)
     if model.arch == "sdxl":
-        if syntax != "plain":
-            raise DreamyError("The a1111 prompt syntax is read for Stable Diffusion 1.x only; dream SDXL with "
-                              "prompt_syntax 'plain' (unlock it, or use an SDXL preset).")
         from .sdxl import encode
 
-        return encode(model, text, negative=negative)
+        return encode(model, text, negative=negative, syntax=syntax)
     if syntax == "a1111":
         return encode_a1111(model, text)
     tok = model.tokenizer(
@@ -86,14 +84,7 @@ def encode_a1111(model: SDModel, text: str) -> torch.Tensor:
             mask = torch.zeros_like(ids)
             mask[0, : chunk.ids.index(model.tokenizer.eos_token_id) + 1] = 1
         z = model.text_encoder(ids, attention_mask=mask)[0]
-        weights = torch.tensor(chunk.weights, dtype=torch.float32, device=model.device).reshape(1, -1, 1)
-        zf = z.float()
-        before = zf.mean()
-        zf = zf * weights
-        after = zf.mean()
-        if after != 0:  # A1111 divides regardless; a zero mean would paint NaN (a model with no bias)
-            zf = zf * (before / after)
-        parts.append(zf.to(dtype=model.text_encoder.dtype))
+        parts.append(original_emphasis(z, chunk.weights).to(dtype=model.text_encoder.dtype))
     return torch.cat(parts, dim=1).to(device=model.device)
 
 

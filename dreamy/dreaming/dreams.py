@@ -40,6 +40,11 @@ from .streams import Ended, Landed, stream
 
 log = logging.getLogger(__name__)
 SHEET_NAME = "contact-sheet.png"
+# The runtime entries a dream makes itself, afresh on every dream (runtime_info, prompt_cuts, the SDXL
+# conditioning, the fast path, the fp32 decode). Any other entry of a given recipe's runtime is what a
+# caller recorded on top (the word layer's "word"): kept, so a recalled picture keeps its whole recipe.
+ENGINE_RUNTIME = frozenset({"device", "dtype", "rng", "versions", "gpu", "prompt_truncated",
+                            "negative_prompt_truncated", "sdxl", "path", "vae_upcast"})
 
 
 @dataclass
@@ -172,7 +177,7 @@ def dream_iter(
       ``device`` is then ignored) or a source string for :func:`load_model` ('tiny', 'tiny-sdxl', a
       hub id, a diffusers folder, a .safetensors/.ckpt file, a Train checkpoint), SD 1.x or SDXL
       (SDXL: both text encoders, size/crop conditioning as stock ``StableDiffusionXLPipeline``; see
-      dreamy/dreaming/sdxl.py; the generic loop, never the CUDA fast path, and "plain" prompts only).
+      dreamy/dreaming/sdxl.py; the generic loop, never the CUDA fast path; "a1111" prompts as A1111's SDXL).
     - ``loras`` (``"FILE"`` / ``"FILE:SCALE"``) and ``embeddings`` (``"FILE"`` / ``"FILE:TOKEN"``): a
       trained style applied to a model given as a source (see dreamy/models/sdxl_adapters.py); each
       file is recorded with its sha256 in the recipe's model, and its A1111 hash in ``parameters``.
@@ -216,6 +221,7 @@ def dream_iter(
         log.warning("Dreaming with the %s.", model.ref.label)
     from . import fast as fast_path
 
+    carried = {k: v for k, v in recipe.runtime.items() if k not in ENGINE_RUNTIME}  # recall: e.g. runtime.word
     base = recipe.replace(model=model.ref, runtime=runtime_info(model.device, model.dtype))
     s = base.settings
     cuts, notes = prompt_cuts(model, s.prompt, s.negative_prompt, s.prompt_syntax)
@@ -227,7 +233,7 @@ def dream_iter(
         from .sdxl import conditioning_record
 
         base = base.replace(runtime={**base.runtime, "sdxl": conditioning_record(model, s.width, s.height,
-                                                                                   s.negative_prompt)})
+                                                                                   s.negative_prompt, s.prompt_syntax)})
     out = Path(out_dir) if out_dir is not None else None
     # The captured loop holds one embedding shape; a1111 prompts of unequal chunk counts run generic.
     # SDXL runs generic too: the captured program is SD 1.x's (no pooled text, no time ids).
@@ -249,6 +255,8 @@ def dream_iter(
                 r = base.replace(seed=seed)
                 if upcast:
                     r = r.replace(runtime={**r.runtime, "vae_upcast": True})
+                if carried:  # last, where the caller first put them: a recalled PNG is byte-identical
+                    r = r.replace(runtime={**r.runtime, **carried})
                 landed.append((seed, image, r, pool.submit(save_png, image, out / image_name(r), r) if out else None))
             for seed, image, r, written in landed:  # in seed order, each once its file is whole
                 yield DreamImage(seed, image, r, written.result() if written else None, list(notes))
@@ -361,7 +369,9 @@ def recall(
     files (each must still have its recorded sha256, unless ``allow_model_change``; a loaded
     ``model`` must already carry them). A PNG is untrusted: ``check_source`` (say, the studio's "only its own
     folders") vets the source it names, and each LoRA or embedding file, before that is loaded,
-    returning the source to load or raising. With ``out_dir`` the PNG is written again, with its recipe.
+    returning the source to load or raising. With ``out_dir`` the PNG is written again, with its recipe:
+    the runtime entries a dream makes (device, dtype, versions ...: ``ENGINE_RUNTIME``) made afresh, every
+    other entry the recipe carries (the word layer's ``word``, a caller's own records) kept as it was.
 
     Returns one :class:`DreamImage` (8-bit RGB PIL image). Raises RecallError when the file is
     missing, not a readable image, carries no Dreamy recipe (another tool's parameters: the message says

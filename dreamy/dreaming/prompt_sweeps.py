@@ -1,4 +1,9 @@
-"""Prompt sweeps: a list of prompt variants (say, one artist per line) x the same seeds, as a labelled grid.
+"""Prompt sweeps: a list of prompt variants (say, one artist per line, or a prompt file of candidates)
+x the same seeds, as a labelled grid.
+
+The curation loop runs on them: a file of prompts x a few seeds (``read_prompt_file``,
+``python -m dreamy prompt-sweep --prompts FILE``), the good pictures picked and added to a training set
+with their prompts as captions (``dreamy.training.sets.add_to_training_set(..., captions=True)``).
 
 Each variant is a dream recipe of its own, every one resolved through the preset's locks before any
 model is loaded: the package deal locks the prompt, so a sweep needs the prompt unlocked, and every
@@ -24,7 +29,7 @@ from ..recipes.seeds import parse_seeds
 from .contact_sheet import grid
 from .streams import Ended, Landed, stream
 
-MAX_VARIANTS = 64
+MAX_VARIANTS = 256  # a curation run's prompt file: the maker's had 88 prompts
 GRID_NAME = "prompt-grid.png"
 PROMPTS_NAME = "prompts.json"
 
@@ -50,6 +55,21 @@ def expand_prompts(text: str, base_prompt: str) -> list[str]:
     if len(variants) > MAX_VARIANTS:
         raise DreamyError(f"{len(variants)} prompt variants; at most {MAX_VARIANTS} fit in one sweep.")
     return variants
+
+
+def read_prompt_file(path: str | os.PathLike) -> list[str]:
+    """A prompt file's prompts: one per line (UTF-8, or UTF-16/32 with a byte-order mark), white space
+    collapsed, blank lines and lines starting with ``#`` left out, duplicates once, at most 256.
+    Raises DreamyError (one sentence) for a file that cannot be read or holds no prompt."""
+    from ..training.data import decode_text
+
+    try:
+        text = decode_text(Path(path).read_bytes())
+    except (OSError, UnicodeDecodeError) as e:
+        why = "not UTF-8 or UTF-16 text" if isinstance(e, UnicodeDecodeError) else (e.strerror or type(e).__name__)
+        raise DreamyError(f"Cannot read the prompt file '{path}': {why}.") from None
+    lines = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+    return expand_prompts("\n".join(lines), "{prompt}")
 
 
 @dataclass
@@ -130,6 +150,21 @@ def prompt_sweep_iter(
     image, so a sweep refused or stopped before any image leaves its folder empty."""
     plan = _plan(preset, prompts, seeds, overrides, unlock)
     return _cells(model, plan, out_dir, device, keep_loaded, on_progress, cancel)
+
+
+def prompt_sweep(
+    model: Any,
+    preset: str | Preset,
+    prompts: str | list[str],
+    seeds: str | Iterable[int],
+    out_dir: str | Path,
+    **kwargs: Any,
+) -> tuple[list[SweepCell], Path]:
+    """A whole prompt sweep: (every cell, in rows of variants then seeds; the labelled grid
+    ``out_dir/prompt-grid.png``). ``kwargs`` and errors are :func:`prompt_sweep_iter`'s; a Stop
+    (``cancel``) raises Cancelled, the finished pictures kept on disk."""
+    cells = list(prompt_sweep_iter(model, preset, prompts, seeds, out_dir, **kwargs))
+    return cells, write_prompt_grid(cells, Path(out_dir) / GRID_NAME)
 
 
 def prompt_sweep_stream(

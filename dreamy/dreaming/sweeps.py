@@ -45,8 +45,10 @@ class Row:
     """One model of a sweep: a row of its checkpoint x seed grid."""
 
     source: str  # what load_model loads
-    label: str  # the grid's row label: "step 400", "step 0 (base)", or the model's name
+    label: str  # the grid's row label: "step 400", "step 0 (base)", or the model's name ("run-a · step 400")
     name: str  # its subfolder's name (numbered when there are several: model_folder)
+    block: str = ""  # several runs side by side: the run this row belongs to (its folder's name)
+    step: str = ""  # several runs: the row's label within its run's block ("step 400")
 
 
 BASE_LABEL = "step 0 (base)"
@@ -71,33 +73,58 @@ def expand_rows(specs: Iterable[str], steps: str | None = None,
     base row is there unless ``steps`` leaves out 0. ``check_source`` vets the base's source (the
     studio's: a run.json may name any path); a refused base is left out with a note, as is a run
     without a readable run.json.
+
+    Two or more runs are compared side by side: every row then carries its run's name as ``block``
+    and its step as ``step`` (``label`` is "run · step"), and the grid draws one block of seed columns
+    per run, rows matched by step (:func:`dreamy.dreaming.run_grid.draw_runs_grid`). Every spec must
+    then be a run (DreamyError otherwise): a lone model has no steps to line up with.
     """
     wanted = set(parse_seeds(steps)) if steps not in (None, "", "all") else None
     out: list[Row] = []
     notes: list[str] = []
     specs = list(specs)
-    for spec in specs:
+    found_by_spec = [_checkpoints(Path(spec)) for spec in specs]
+    several = sum(bool(f) for f in found_by_spec) > 1
+    if several and not all(found_by_spec):
+        plain = next(s for s, f in zip(specs, found_by_spec, strict=True) if not f)
+        raise DreamyError(f"'{plain}' is not a training run with checkpoints; runs are compared only with runs.")
+    blocks = _block_names(specs) if several else [""] * len(specs)
+    for spec, found, block in zip(specs, found_by_spec, blocks, strict=True):
         run = Path(spec)
-        found = []
-        for parent in (run / "checkpoints", run):
-            if run.is_dir() and parent.is_dir() and not (run / "unet").is_dir():
-                found += [(step, p) for p in parent.iterdir() if p.is_dir() and (step := step_of(p)) is not None]
         if not found:
             out.append(Row(spec, _label(spec), _name(spec)))
             continue
+        rows: list[Row] = []
         if (wanted is None or 0 in wanted) and (run / "run.json").is_file():
             base = run_base(run)
             try:
                 if base is None:
                     raise DreamyError("its run.json does not name it")
-                out.append(Row(check_source(base) if check_source else base, BASE_LABEL, "base"))
+                rows.append(Row(check_source(base) if check_source else base, BASE_LABEL, "base"))
             except DreamyError as e:
                 notes.append(f"The base model of {run.name} is left out: {str(e).rstrip('.')}.")
-        found.sort()
-        out += [Row(str(p), f"step {step}", _name(str(p))) for step, p in found if wanted is None or step in wanted]
+        rows += [Row(str(p), f"step {step}", _name(str(p))) for step, p in found if wanted is None or step in wanted]
+        if block:
+            rows = [Row(r.source, f"{block} · {r.label}", r.name, block, r.label) for r in rows]
+        out += rows
     if not out:
         raise DreamyError(f"No checkpoints match --checkpoints {steps!r} in {', '.join(specs)}.")
     return out, notes
+
+
+def _checkpoints(run: Path) -> list[tuple[int, Path]]:
+    """A training run's checkpoint folders in step order ([] when ``run`` is no run folder)."""
+    found = []
+    for parent in (run / "checkpoints", run):
+        if run.is_dir() and parent.is_dir() and not (run / "unet").is_dir():
+            found += [(step, p) for p in parent.iterdir() if p.is_dir() and (step := step_of(p)) is not None]
+    return sorted(found)
+
+
+def _block_names(specs: list[str]) -> list[str]:
+    """Each run's name in a side-by-side grid: its folder's name, numbered where two share one."""
+    names = [Path(s.rstrip("/\\")).name or s for s in specs]
+    return [f"{n} ({i + 1})" if names.count(n) > 1 else n for i, n in enumerate(names)]
 
 
 def expand_models(specs: Iterable[str], steps: str | None = None) -> list[str]:
@@ -174,7 +201,10 @@ def sweep(
     The main process's result also names what it drew: ``sheets``, each model's contact sheets (pages
     of 100 seeds), ``grid``, the checkpoint x seed grid (``out_dir/grid.png``; None for one model),
     ``cells``, every image as ``{"path", "row", "seed"}`` in the grid's order (rows, then seeds), and
-    ``notes``, one sentence each (a base model left out)."""
+    ``notes``, one sentence each (a base model left out). Two or more runs in ``models`` are drawn side
+    by side in the grid (rows = steps, one block of seed columns per run; every row dreams the same
+    seeds with the same recipe, so the same prompt: put the runs' validation prompt in ``overrides``).
+    ``cells``' ``row`` is then "run · step"."""
     from ..models.sources import load_model
     from ..recipes.presets import load_preset
     from ..recipes.recipe import resolve
@@ -284,7 +314,11 @@ def write_sheets(plan: SweepPlan) -> list[Path]:
                     cells.append((f"seed {s}", im.convert("RGB")))
             name = "contact-sheet.png" if len(pages) == 1 else f"contact-sheet-p{p + 1:03d}.png"
             written.append(save_png(grid(cells, cell=128), plan.folder(m) / name))
-    if len(plan.models) > 1:
+    if len({r.block for r in plan.rows}) > 1:  # several runs: one block of seed columns per run
+        from .run_grid import draw_runs_grid
+
+        written.append(draw_runs_grid(plan, plan.seeds[:GRID_SEEDS], plan.out / GRID_NAME))
+    elif len(plan.models) > 1:
         seeds = plan.seeds[:GRID_SEEDS]
         cells, rows = [], []
         for m in range(len(plan.models)):

@@ -1,7 +1,8 @@
 """Prompts as AUTOMATIC1111's web UI reads them: emphasis weights, ``BREAK`` and 75-token chunks.
 
-The ``a1111`` prompt syntax (``prompt_syntax = "a1111"`` in a dream recipe) follows A1111's rules
-for SD 1.x, written anew from its documented behaviour:
+The ``a1111`` prompt syntax (``prompt_syntax = "a1111"`` in a dream recipe) follows A1111's rules,
+written anew from its documented behaviour (for SD 1.x here and in dreamy/dreaming/blocks.py; SDXL
+runs both of its text encoders through the same chunks and emphasis: dreamy/dreaming/sdxl.py):
 
 - **Weights** (``modules/prompt_parser.py``, ``parse_prompt_attention``): ``(text)`` multiplies the
   weight of ``text`` by 1.1, ``[text]`` divides it by 1.1, ``(text:0.7)`` multiplies it by 0.7;
@@ -17,7 +18,8 @@ for SD 1.x, written anew from its documented behaviour:
   length limit", ``comma_padding_backtrack = 20``), the words after that comma move to the next chunk.
   An empty prompt is one chunk.
 - After the first end-of-text of a chunk, A1111 pads with the tokenizer's pad token (the same token
-  for SD 1.x; ``process_tokens``).
+  for SD 1.x and SDXL's first encoder, ``!`` = 0 for SDXL's OpenCLIP bigG; ``process_tokens``).
+- Each chunk is encoded on its own and its hidden states weighted by :func:`original_emphasis`.
 
 What is *not* part of this syntax, and refused by :func:`unsupported_construct`: prompt editing
 ``[a:b:0.5]``, alternation ``[a|b]``, composable ``AND`` and extra networks ``<lora:name:1>``
@@ -30,6 +32,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+import torch
 
 from ..errors import PresetError
 
@@ -202,6 +206,26 @@ def chunk_prompt(tokenizer: Any, text: str) -> list[Chunk]:
     if ids or not chunks:
         close()
     return chunks
+
+
+def original_emphasis(z: torch.Tensor, weights: tuple[float, ...] | list[float]) -> torch.Tensor:
+    """A1111's "Original" emphasis (``modules/sd_emphasis.py``, ``EmphasisOriginal``) on one chunk's
+    hidden states: each token's vector times its weight, then the whole chunk rescaled so that its
+    mean is what it was before, ``z * w * mean(z) / mean(z * w)``.
+
+    ``z``: (1, 77, hidden), any float dtype and device; ``weights``: 77 floats (:attr:`Chunk.weights`).
+    Computed in float32 and returned in ``z``'s dtype and device. All weights 1.0 give ``z`` back
+    bit for bit (the factor is exactly 1). Where the weighted mean is exactly 0 the rescale is
+    skipped (A1111 would divide by zero and paint NaN).
+    """
+    w = torch.tensor(weights, dtype=torch.float32, device=z.device).reshape(1, -1, 1)
+    zf = z.float()
+    before = zf.mean()
+    zf = zf * w
+    after = zf.mean()
+    if after != 0:
+        zf = zf * (before / after)
+    return zf.to(dtype=z.dtype)
 
 
 def _comma_id(tokenizer: Any) -> int | None:

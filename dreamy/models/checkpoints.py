@@ -20,6 +20,7 @@ from .hashing import file_sha256
 
 FORMAT = 1
 PART_FILES = {"lora_unet": "lora_unet.safetensors", "lora_text_encoder": "lora_text_encoder.safetensors",
+              "lora_text_encoder_2": "lora_text_encoder_2.safetensors",  # SDXL's second text encoder
               "embeddings": "embeddings.safetensors"}
 
 
@@ -184,10 +185,14 @@ def complete(model: Any, path: Path, spec: str, meta: dict[str, Any]) -> Any:
         merge_lora(model.unet, load_file(str(path / PART_FILES["lora_unet"])), scale)
     if "lora_text_encoder" in parts:
         merge_lora(model.text_encoder, load_file(str(path / PART_FILES["lora_text_encoder"])), scale)
-    if "embeddings" in parts:
-        rows = load_file(str(path / PART_FILES["embeddings"]))["clip_l"]
-        add_token_embeddings(model.tokenizer, model.text_encoder, meta["tokens"], rows)
-    for m in (model.unet, model.text_encoder):
+    if "lora_text_encoder_2" in parts:
+        merge_lora(model.text_encoder_2, load_file(str(path / PART_FILES["lora_text_encoder_2"])), scale)
+    if "embeddings" in parts:  # clip_l for the first text encoder; an SDXL run's clip_g for the second
+        rows = load_file(str(path / PART_FILES["embeddings"]))
+        add_token_embeddings(model.tokenizer, model.text_encoder, meta["tokens"], rows["clip_l"])
+        if "clip_g" in rows:
+            add_token_embeddings(model.tokenizer_2, model.text_encoder_2, meta["tokens"], rows["clip_g"])
+    for m in (model.unet, *model.text_encoders):
         m.to(model.device).eval().requires_grad_(False)
     ref = replace(model.ref, source=spec, kind="checkpoint", sha256=checkpoint_sha256(path, base["sha256"]),
                   label=f"{meta.get('run', path.parent.parent.name)} step {meta['step']}",

@@ -213,12 +213,22 @@ def load_model(
                           config_dir=config_dir)
         return apply_adapters(base, loras, embeddings)
     if kind == "folder" and (path / CHECKPOINT_FILE).is_file():
-        if expected_arch not in ("sd15", None):
-            raise SourceError(f"'{spec}' is a Stable Diffusion 1.x training checkpoint; this needs an SDXL model.")
         # A Train checkpoint holds only the trained parts and names its base: load the base, then complete it.
         meta = checkpoints.read_meta(path)
-        base = load_model(meta["base"]["source"], device=device, precision=precision)
-        return _with_a1111_hash(checkpoints.complete(base, path, spec, meta), path, spec, meta)
+        arch = meta.get("arch", "sd15")
+        if expected_arch not in (arch, None):
+            raise SourceError(f"'{spec}' is {'an SDXL' if arch == 'sdxl' else 'a Stable Diffusion 1.x'} training "
+                              f"checkpoint; this needs {'an SDXL' if expected_arch == 'sdxl' else 'a Stable Diffusion 1.x'}"
+                              " model.")
+        base = load_model(meta["base"]["source"], device=device, precision=precision, expected_arch=arch)
+        model = checkpoints.complete(base, path, spec, meta)
+        # an SDXL run exports LoRAs and embeddings, no single file: its pictures carry no A1111 "Model hash"
+        if arch == "sdxl":
+            from dataclasses import replace
+
+            model.ref = replace(model.ref, single_file_sha256=None)
+            return model
+        return _with_a1111_hash(model, path, spec, meta)
     if kind == "file":
         from .single_file import load_single_file
 
@@ -235,7 +245,7 @@ def load_model(
         arch = _folder_arch(folder, spec)
         if expected_arch is not None and arch != expected_arch:
             raise SourceError(
-                f"'{spec}' is an SDXL model; this needs a Stable Diffusion 1.x model (Train does not train SDXL yet)."
+                f"'{spec}' is an SDXL model; this needs a Stable Diffusion 1.x model."
                 if arch == "sdxl" else f"'{spec}' is a Stable Diffusion 1.x model; this needs an SDXL model."
             )
         if arch == "sdxl":

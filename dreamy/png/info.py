@@ -97,10 +97,32 @@ def _a1111(path: Path, text: str) -> PngSummary:
             values["sampler"], values["scheduler"] = from_a1111(params["Sampler"], str(params.get("Schedule type", "")))
         except PresetError as e:
             notes.append(f"{e} The preset's sampler is used instead.")
+    notes += _reading_notes(params)
     return PngSummary("foreign", parameters=params, values=values, seed=_seed(params.get("Seed")), tool="A1111/Forge",
                       notes=notes,
                       message=f"'{path.name}' was made by another tool (A1111/Forge parameters); its parameters are "
                               "shown, and can be dreamed again here, but not re-created exactly.")
+
+
+def _reading_notes(params: dict[str, Any]) -> list[str]:
+    """One sentence per A1111 setting in ``params`` that changes how the prompt was read and that
+    Dreamy's a1111 syntax does not reproduce (it reads as A1111's defaults: "Original" emphasis, no
+    clip skip, prompt and negative prompt of unequal length in two passes). A1111 writes each of these
+    only when it is not its default (``modules/processing.py``, ``create_infotext``)."""
+    notes = []
+    skip = _number(params.get("Clip skip"), int)
+    if skip is not None and skip > 1:
+        notes.append(f"A1111's Clip skip {skip} has no equivalent in Dreamy, which reads SD 1.x's last text-encoder "
+                     "layer (A1111's default; for SDXL both read the penultimate layers).")
+    emphasis = params.get("Emphasis")
+    if isinstance(emphasis, str) and emphasis.strip() and emphasis.strip() != "Original":
+        notes.append(f"A1111's emphasis '{emphasis.strip()[:40]}' has no equivalent in Dreamy, whose a1111 prompt "
+                     "syntax weighs words as A1111's default 'Original' (the mean restored).")
+    for key in ("Pad conds", "Pad conds v0"):
+        if str(params.get(key, "")).strip().lower() == "true":
+            notes.append(f"A1111's '{key}' (the shorter of prompt and negative prompt padded to the other's length) "
+                         "has no equivalent in Dreamy, which reads them in two passes (A1111's default).")
+    return notes
 
 
 _FOOOCUS_SIZE = re.compile(r"^\s*\(?\s*(\d{2,5})\s*[,x×]\s*(\d{2,5})\s*\)?\s*$")

@@ -115,6 +115,9 @@ class TrainSettings:
                                 doc="optimizer state etc. in the two newest checkpoints (the one before is the fallback "
                                 "if the newest is damaged), or in every one")
     validation_seeds: str = _f("0-3", doc="seeds rendered with the Dream preset at step 0 and each checkpoint")
+    validation_prompts: str = _f("", doc="prompts rendered at step 0 and each checkpoint, one per line ('': the "
+                                 "Dream preset's prompt); the first one's row fills the grid, each other one gets "
+                                 "its own folder validation/prompt-N/ and grid")
 
 
 @dataclass(frozen=True)

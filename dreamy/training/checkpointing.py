@@ -1,10 +1,11 @@
 """``train()``'s checkpoint phases: save (in the background), validate, a resume's catch-up, the end.
 
 At a checkpoint the loop takes a snapshot and hands it to the writer thread (``checkpoints.py``,
-``writer.py``), then renders the validation row with Dream's own path on the model Dream loads for
-that checkpoint (``validation_model.py``) while the files are written. Only the main process writes
-and renders; the others wait at the barriers. The loop waits for a write only when the next
-checkpoint comes while it is still in flight, and at the end.
+``writer.py``), puts its fp16 parts into the model Dream loads for that checkpoint
+(``validation_model.py``) and hands the validation row to the row thread (``rows.py``: Dream's own
+path, on CUDA beside the next steps), then runs the corridor meter on the live weights. Only the
+main process writes and renders; the others wait at the barriers. The loop waits for a write or a
+row only when the next checkpoint comes while it is still in flight, and at the end.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from ..errors import Cancelled
+from ..dreaming.fast import captured
 from ..events import CancelToken
 from ..models.checkpoints import checkpoint_sha256, damage
 from ..models.sources import SDModel
@@ -21,6 +22,7 @@ from . import checkpoints as ckpt
 from . import corridor_run
 from .events import Finished, Notice, TrainEvent, ValidationDone
 from .logbook import PLOT_NAME, plot
+from .rows import RowRenderer
 from .run_setup import Run
 from .speed import eager
 from .validation import GRID_NAME, render, write_grid
@@ -52,33 +54,62 @@ def save(run: Run, step: int) -> tuple[Path, PendingWrite | None, Parts | None]:
 def checkpoint_ref(run: Run, step: int, path: Path, sha256: str) -> ModelRef:
     """How a validation PNG names checkpoint ``step``: as Dream names it, by content hash."""
     return ModelRef(source=str(path.resolve()), kind="checkpoint", sha256=sha256, label=f"{run.name} step {step}",
-                    checkpoint_step=step)
+                    checkpoint_step=step, arch="sdxl" if run.live.arch == "sdxl" else None)  # SD 1.5's as before
 
 
-def validate(run: Run, step: int, pending: PendingWrite | None, parts: Parts | None) -> ValidationDone | None:
-    """The main process renders the validation seeds of checkpoint ``step`` (its snapshot's ``parts``; the
-    base model at step 0) and redraws the grid; everyone returns once it is done. A Stop cuts the render
-    short (None): the loop then stops, and a resume renders what is missing."""
-    done = None
-    if run.group.is_main and run.seeds and run.view is not None:
-        model = run.view.as_base() if parts is None else run.view.put(parts, run.tr.tokens)
-        ref = None
-        if pending is not None:
-            def ref() -> ModelRef:
-                return checkpoint_ref(run, step, pending.path, pending.content_sha256())
-        try:
-            done = render_row(run, step, model, run.seeds, ref, run.cancel)
-        except Cancelled:
-            pass
-    if run.group.is_main and not (run.cancel is not None and run.cancel.cancelled):
-        # the corridor meter (~2% of the time between checkpoints); a failure is a sentence, never a stop.
-        # It measures the live weights eagerly: its eval batches would each cost a compile of their own.
+def start_row(run: Run, rows: RowRenderer, step: int, pending: PendingWrite | None, parts: Parts | None,
+              last: bool = False) -> bool:
+    """The main process starts the validation row of checkpoint ``step`` (its snapshot's ``parts``; the
+    base model at step 0) beside the loop (``rows.py``), and the corridor meter after it on the same
+    model; their ``ValidationDone`` and meter ``Notice`` come from ``rows``, whose previous row the
+    caller has collected (the validation model is shared). Returns whether the meter rides with the
+    row (False without validation renders: the caller then runs ``meter`` on the live weights).
+
+    The model is filled here, on the loop's stream; the render waits for the checkpoint's content hash
+    only to name it in the PNGs, and for the whole write when ``last`` (a kill before the last
+    checkpoint is in place must leave its row to the resume). A Stop cuts the render short, and the
+    meter is skipped: a resume renders and measures what is missing."""
+    if not (run.group.is_main and run.seeds and run.view is not None):
+        return False
+    model = run.view.as_base() if parts is None else run.view.put(parts, run.tr.tokens)
+    ref = None
+    if pending is not None:
+        def ref() -> ModelRef:
+            if last:
+                pending.future.result()
+            return checkpoint_ref(run, step, pending.path, pending.content_sha256())
+
+    def job() -> list[TrainEvent]:
+        events: list[TrainEvent] = [render_row(run, step, model, run.seeds, ref, run.cancel)]
+        # The meter measures the checkpoint's fp16 parts, as Dream loads them: the weights a resume
+        # measures a missing row with (corridor_run.after_resume), and off the loop's critical path.
+        note = _measure(run, model, step)
+        if note:
+            events.append(Notice(step, run.total, note))
+        return events
+
+    # the run's first row captures Dream's CUDA graphs: in the loop (rows.py says why); then replays beside it
+    inline = model.device.type == "cuda" and not captured(model)
+    rows.start(job, inline=inline)
+    return True
+
+
+def meter(run: Run, step: int) -> None:
+    """The corridor meter of checkpoint ``step`` on the live weights, for a run without validation renders
+    (the main process; everyone waits); its failure is said by ``corridor_notice``.
+    It measures the live weights eagerly: its eval batches would each cost a compile of their own."""
+    if run.group.is_main:
         with eager(run.tr.unet):
-            run.corridor_note = corridor_run.after_checkpoint(run.live, run.run_dir, step,
-                                                              run.micro_loss.inst.data.images, run.tr.tokens,
-                                                              fresh=step == 0)
-    run.group.barrier()  # the others wait while the main process renders
-    return done
+            run.corridor_note = _measure(run, run.live, step)
+    run.group.barrier()
+
+
+def _measure(run: Run, model: SDModel, step: int) -> str | None:
+    """~2% of the time between checkpoints; a failure is a sentence, never a stop; nothing after a Stop."""
+    if run.cancel is not None and run.cancel.cancelled:
+        return None
+    return corridor_run.after_checkpoint(model, run.run_dir, step, run.micro_loss.inst.data.images, run.tr.tokens,
+                                         fresh=step == 0)
 
 
 def render_row(run: Run, step: int, model: SDModel, seeds: list[int], ref: Callable[[], ModelRef] | None,
@@ -88,6 +119,10 @@ def render_row(run: Run, step: int, model: SDModel, seeds: list[int], ref: Calla
     if ref is None:
         model.ref = run.base
     paths = render(model, run.dream_recipe, seeds, run.run_dir / "validation", step, cancel, ref)
+    for n, recipe in enumerate(run.more_prompts, 2):  # validation_prompts after the first: a folder and grid each
+        folder = run.run_dir / "validation" / f"prompt-{n}"
+        paths += render(model, recipe, seeds, folder, step, cancel, ref)
+        write_grid(folder, run.seeds, run.recipe)
     return ValidationDone(step, run.total, tuple(paths), write_grid(run.run_dir / "validation", run.seeds, run.recipe))
 
 

@@ -28,6 +28,7 @@ import os
 import random
 import shutil
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +39,9 @@ from ..atomic import output_error, set_file_mode, temp_dir
 from ..errors import TrainError
 from ..layout import CHECKPOINT_FILE, step_dir, step_of
 from ..layout import checkpoints as list_checkpoints
+from ..models import safetensors_file
 from ..models.a1111_hash import RECORD_FILE
-from ..models.checkpoints import FORMAT, PART_FILES, _sha256, damage, manifest, marker_sha256
+from ..models.checkpoints import FORMAT, PART_FILES, damage, manifest, marker_sha256
 from . import residuals
 from .modes import Trainables
 from .snapshot import HostBuffers, Snapshot, non_finite, take
@@ -117,18 +119,31 @@ def _save_tensors(tensors: dict[str, torch.Tensor], path: Path, dtype: torch.dty
     set_file_mode(path)
 
 
-def _serialize(tensors: dict[str, torch.Tensor]) -> bytes:
-    """An fp16 part as the bytes of its safetensors file (what ``_save_tensors`` would write)."""
-    from safetensors.torch import save
+def _write_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Write a safetensors file (floats as they are; a part's are fp16 already), hashing its bytes as they go.
 
-    return save({k: (t.to(torch.float16) if t.is_floating_point() else t).contiguous() for k, t in tensors.items()},
-                metadata={"format": "pt"})
-
-
-def _write_bytes(path: Path, blob: bytes) -> None:
+    Byte for byte what ``_save_tensors`` (the safetensors library) writes, streamed from the tensors'
+    own memory (``models.safetensors_file``): no copy of the file in memory. Returns its size and sha256."""
+    h = hashlib.sha256()
+    size = 0
     with open(path, "wb") as f:
-        f.write(blob)
+        for piece in safetensors_file.chunks(tensors, {"format": "pt"}):
+            h.update(piece)
+            f.write(piece)
+            size += piece.nbytes if isinstance(piece, memoryview) else len(piece)
     set_file_mode(path)
+    return {"size": size, "sha256": h.hexdigest()}
+
+
+def _write_state(path: Path, state: dict[str, Any]) -> dict[str, Any]:
+    """``torch.save`` the resume state, then its size and sha256 (read back from the page cache)."""
+    torch.save(state, path)
+    set_file_mode(path)
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            h.update(chunk)
+    return {"size": path.stat().st_size, "sha256": h.hexdigest()}
 
 
 def _rng_states() -> dict[str, Any]:
@@ -214,29 +229,29 @@ def write_snapshot(pending: PendingWrite, snap: Snapshot, meta: dict[str, Any]) 
         raise output_error(final, e) from None
     try:
         snap.ready()
-        files: dict[str, dict[str, Any]] = {}
-        blobs = []
-        for name, tensors in snap.parts.items():
+        for name in snap.parts:
             if name in snap.configs:  # unet/, text_encoder/: a diffusers/transformers folder with its config
                 (tmp / name).mkdir()
                 snap.configs[name](tmp / name)
-            blob = _serialize(tensors)
-            files[PART_PATHS[name]] = {"size": len(blob), "sha256": hashlib.sha256(blob).hexdigest()}
-            blobs.append((tmp / PART_PATHS[name], blob))
-        files.update(manifest(tmp))  # the config files
-        # The hash the validation PNGs name the checkpoint by, from the bytes about to be written: the
-        # renders need not wait for the disk.
-        pending.publish_hash(content_sha256(files, meta["base"]["sha256"]))
-        for path, blob in blobs:
-            _write_bytes(path, blob)
-        del blobs
+        files: dict[str, dict[str, Any]] = manifest(tmp)  # the config files, before any other file is there
         (tmp / "resume").mkdir()
-        _save_tensors(residuals.encode(snap.masters, snap.parts), tmp / "resume" / "masters.safetensors", None)
-        torch.save(snap.state, tmp / "resume" / "state.pt")
-        for f in (tmp / "resume").iterdir():
-            set_file_mode(f)
-        files.update({f"resume/{f.name}": {"size": f.stat().st_size, "sha256": _sha256(f)}
-                      for f in sorted((tmp / "resume").iterdir())})
+        # Every file is hashed as it is written, each on a thread of its own (hashlib and file writes let
+        # go of the GIL; the training loop's thread keeps it), beside the residual encoding: the end of a
+        # run waits for the last checkpoint's write, and the loop's steps must not wait for the GIL.
+        with ThreadPoolExecutor(max_workers=4, thread_name_prefix="dreamy-write") as pool:
+            written = {PART_PATHS[name]: pool.submit(_write_tensors, tmp / PART_PATHS[name], tensors)
+                       for name, tensors in snap.parts.items()}
+            state = pool.submit(_write_state, tmp / "resume" / "state.pt", snap.state)
+            masters = residuals.encode(snap.masters, snap.parts)
+            written["resume/masters.safetensors"] = pool.submit(_write_tensors, tmp / "resume" / "masters.safetensors",
+                                                                 masters)
+            written["resume/state.pt"] = state
+            parts_done = {rel: f.result() for rel, f in written.items() if not rel.startswith("resume/")}
+            # The hash the validation PNGs name the checkpoint by, as soon as the inference files are in:
+            # the rows need not wait for the resume state.
+            pending.publish_hash(content_sha256({**files, **parts_done}, meta["base"]["sha256"]))
+            files.update({rel: f.result() for rel, f in written.items()})
+            del masters
         meta = {**meta, "format": FORMAT, "step": snap.step, "parts": sorted(snap.parts), "tokens": snap.tokens,
                 "files": dict(sorted(files.items()))}
         meta["marker_sha256"] = marker_sha256(meta)

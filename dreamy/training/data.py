@@ -46,6 +46,8 @@ class TrainImage:
     pixels: torch.Tensor  # [3, H, W] in [-1, 1], short side == resolution (square when center-cropped)
     caption: str
     notes: list[str] = field(default_factory=list)
+    original_size: tuple[int, int] = (0, 0)  # (height, width) as loaded, before resizing: SDXL's size conditioning
+    crop_top_left: tuple[int, int] = (0, 0)  # (top, left) of the center crop in the resized image: SDXL's crop ids
 
 
 @dataclass
@@ -105,8 +107,10 @@ def _caption_for(path: Path, prompt: str, use_files: bool, notes: list[str]) -> 
     return text
 
 
-def fit_short_side(image: Image.Image, resolution: int, crop: str, notes: list[str]) -> Image.Image:
-    """Resize so the short side is ``resolution``; center-crop to a square unless cropping per step."""
+def fit_short_side(image: Image.Image, resolution: int, crop: str, notes: list[str],
+                   offset: list[int] | None = None) -> Image.Image:
+    """Resize so the short side is ``resolution``; center-crop to a square unless cropping per step.
+    ``offset``: set to the center crop's [top, left] in the resized image (SDXL's crop conditioning)."""
     w, h = image.size
     scale = resolution / min(w, h)
     if scale != 1:
@@ -117,6 +121,8 @@ def fit_short_side(image: Image.Image, resolution: int, crop: str, notes: list[s
     if crop == "center" and image.width != image.height:
         left, top = (image.width - resolution) // 2, (image.height - resolution) // 2
         image = image.crop((left, top, left + resolution, top + resolution))
+        if offset is not None:
+            offset[:] = [top, left]
         notes.append(f"center-cropped to {resolution}x{resolution}")
     elif crop == "random" and image.width != image.height:
         notes.append(f"random {resolution}x{resolution} crop each step")
@@ -144,8 +150,10 @@ def prepare_images(
     for li in scan.images:
         notes = list(li.notes)
         caption = apply_trigger(_caption_for(li.path, prompt, captions == "files", notes), trigger)
-        fitted = fit_short_side(li.image, resolution, crop, notes)
-        images.append(TrainImage(li.path, to_tensor(fitted), caption, notes))
+        offset = [0, 0]
+        fitted = fit_short_side(li.image, resolution, crop, notes, offset)
+        images.append(TrainImage(li.path, to_tensor(fitted), caption, notes, (li.image.height, li.image.width),
+                                 (offset[0], offset[1])))
     report = [f"{t.path.name}: {t.caption!r}" + (f" ({'; '.join(t.notes)})" if t.notes else "") for t in images]
     report += [f"skipped {s}" for s in scan.skipped] + [f"refused {f}" for f in scan.failed]
     if not images:

@@ -121,7 +121,7 @@ def _save_atomic(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[st
 def export(
     checkpoint: str | os.PathLike,
     out_dir: str | os.PathLike | None = None,
-    formats: tuple[str, ...] | list[str] = ("diffusers", "single-file", "card"),
+    formats: tuple[str, ...] | list[str] | None = None,
     dtype: torch.dtype = torch.float16,
     *,
     step: int | None = None,
@@ -136,9 +136,14 @@ def export(
     ``pytorch_lora_weights.safetensors`` for diffusers, kohya's ``<run>_lora.safetensors`` for
     A1111/Forge/ComfyUI/kohya, and pivotal runs' ``<run>_emb.safetensors``, its name in lower case),
     ``card`` (``README.md``, and ``validation_grid``: the run's validation grid beside it, when there is
-    one). ``dtype`` is the single file's and the folder's variant's.
+    one). ``dtype`` is the single file's and the folder's variant's. ``formats`` None: ``diffusers``,
+    ``single-file`` and ``card``; an SDXL run's: ``lora`` and ``card``.
+
+    An SDXL run (LoRA or pivotal) exports adapters over its base (``sdxl_exports.py``): ``lora`` writes kohya's
+    SDXL LoRA (``lora_unet_`` / ``lora_te1_`` / ``lora_te2_``), the diffusers LoRA and, for pivotal runs, the
+    ``clip_l`` / ``clip_g`` embeddings file; it has no ``diffusers`` or ``single-file`` form (ExportError).
     """
-    unknown = [f for f in formats if f not in FORMATS]
+    unknown = [f for f in formats or () if f not in FORMATS]
     if unknown:
         raise ExportError(f"Unknown export format '{unknown[0]}'; choose from {', '.join(FORMATS)}.")
     folder = _resolve_checkpoint(checkpoint, step)
@@ -149,6 +154,13 @@ def export(
     if hurt is not None:
         raise ExportError(f"Checkpoint '{folder}' is damaged ({hurt}); export another checkpoint of the run.")
     name = meta.get("run") or folder.parent.parent.name
+    sdxl = meta.get("arch") == "sdxl"
+    if formats is None:
+        formats = ("lora", "card") if sdxl else ("diffusers", "single-file", "card")
+    if sdxl and {"diffusers", "single-file"} & set(formats):
+        raise ExportError(f"Run '{name}' trained SDXL adapters: export 'lora' (kohya and diffusers LoRA files and the "
+                          "clip_l/clip_g embeddings) and 'card'; a merged diffusers folder or single file is not made "
+                          "for SDXL.")
     out = Path(out_dir) if out_dir is not None else folder.parent.parent / "export" / folder.name
     files: dict[str, Path] = {}
     model_hash = None
@@ -159,7 +171,11 @@ def export(
         if "single-file" in formats:
             files["single_file"] = a1111_hash.write_single_file(out / f"{name}.safetensors", model, meta, dtype)
         model_hash = a1111_hash.record_export(folder, model, meta, files, dtype)  # one Model hash for every form
-    if "lora" in formats:
+    if "lora" in formats and sdxl:
+        from .sdxl_exports import sdxl_lora_files
+
+        files.update(sdxl_lora_files(folder, meta, out, name, embedding_name(name)))
+    elif "lora" in formats:
         files.update(lora_files(folder, meta, out, name))
     elif "single_file" in files:  # a pivotal single file keeps CLIP's vocabulary: the trigger is the embedding
         files.update(embedding_file(folder, meta, out, name))

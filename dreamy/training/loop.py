@@ -10,8 +10,8 @@ x N, gradients summed across ranks, files written by the main process.
 ``train`` holds the control flow and the ``yield``s; its phases live in their own modules, over one
 ``Run``: ``run_setup.set_up`` (checks, base model, trainables, optimizer, batches, run folder or
 resume; ``speed.py`` picks the step), ``steps.optimizer_step`` (``loss.py`` for a micro-step), and
-``checkpointing``: ``save`` (a snapshot written in the background), ``validate`` (Dream's path on
-the checkpoint's weights), ``catch_up`` (a resume: what a killed run left out), ``finish``.
+``checkpointing``: ``save`` (a snapshot written in the background), ``start_row`` (Dream's path on
+the checkpoint's weights, beside the next steps on CUDA: ``rows.py``), ``meter`` (the corridor meter), ``catch_up`` (a resume: what a killed run left out), ``finish``.
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ from typing import Any
 
 from ..events import CancelToken
 from ..recipes.presets import Preset
-from .checkpointing import catch_up, corridor_notice, finish, plot_loss, save, validate
+from .checkpointing import catch_up, corridor_notice, finish, meter, plot_loss, save, start_row
 from .events import CheckpointSaved, StepDone, TrainEvent
+from .rows import RowRenderer, background_rows
 from .run_setup import Run, set_up
 from .steps import eta, optimizer_step, stop_requested
 
@@ -84,7 +85,9 @@ def train(
         what a resume completes first); for a new run, ``ValidationDone`` for the base model at step 0
         (a resume: one per row it renders of those left out); per step ``StepDone`` (loss,
         lr, elapsed and ETA in seconds); every ``checkpointing_steps`` steps, at the last step and
-        on a stop ``CheckpointSaved``, then (not on a stop) ``ValidationDone``; last ``Finished``
+        on a stop ``CheckpointSaved``, then (not on a stop) ``ValidationDone`` once its row is rendered
+        (on the CPU right away; on CUDA the row renders beside the next steps and its event comes
+        after a later ``StepDone``, at the latest before the next checkpoint's); last ``Finished``
         (the last checkpoint, whether stopped, the log/plot/grid files that exist).
         ``CheckpointSaved`` comes once the checkpoint's state is taken; its folder is written in the
         background and appears whole (renamed into place) while the next steps train; every write
@@ -144,15 +147,23 @@ def train(
 
 
 def _run(run: Run, cancel: CancelToken | None) -> Iterator[TrainEvent]:
+    rows = RowRenderer(run.live.device, background_rows(run.live.device))
+    try:
+        yield from _steps(run, cancel, rows)
+    finally:
+        rows.close()
+
+
+def _steps(run: Run, cancel: CancelToken | None, rows: RowRenderer) -> Iterator[TrainEvent]:
     s, group, total = run.s, run.group, run.total
     if run.start == 0:  # the base model's renders: the grid's first row
-        done = validate(run, 0, None, None)
-        if done is not None:
-            yield done
+        if not start_row(run, rows, 0, None, None):
+            meter(run, 0)
+        yield from rows.results()  # rendered in the loop (CPU): its events now, as a resume's rows
         yield from corridor_notice(run, 0)
     else:
         yield from catch_up(run)
-    step_times: list[float] = []  # seconds per step, and per checkpoint + validation: the ETA
+    step_times: list[float] = []  # seconds per step, and per checkpoint: the ETA
     ckpt_times: list[float] = []
     step = last_saved = run.start
     stopped = False
@@ -167,6 +178,7 @@ def _run(run: Run, cancel: CancelToken | None) -> Iterator[TrainEvent]:
         run.writer.check()  # a background write that failed stops the run here, with its sentence
         stop_now = stop_requested(group, cancel)  # asked during this step: save it now
         yield StepDone(step, total, loss, lr, sum(step_times), eta(s, step, step_times, ckpt_times))
+        yield from rows.results()  # the row rendering beside these steps, once it is done
         if not (step % s.checkpointing_steps == 0 or step == total or stop_now):
             continue
         t1 = time.perf_counter()
@@ -177,14 +189,14 @@ def _run(run: Run, cancel: CancelToken | None) -> Iterator[TrainEvent]:
         if stop_now:
             stopped = True
             break
-        if step == total:  # the run waits for its last write anyway: its row comes after it, as a resume expects
-            run.writer.wait()
-        done = validate(run, step, pending, parts)
+        yield from rows.results(wait=True)  # the previous row, should it still render: the model is shared
+        if not start_row(run, rows, step, pending, parts, last=step == total):
+            meter(run, step)
         del parts  # the snapshot's device copy: the validation model has taken it
         ckpt_times.append(time.perf_counter() - t1)
-        if done is not None:
-            yield done
+        yield from rows.results()
         yield from corridor_notice(run, step)
+    yield from rows.results(wait=True)  # a Stop cuts it short (no event); the resume renders it
     if stopped and last_saved != step:  # asked between steps (or before the first): save where it is
         yield CheckpointSaved(step, total, save(run, step)[0])
     yield finish(run, step, stopped)

@@ -204,6 +204,7 @@ def training_rows(step: Path, meta: dict[str, Any]) -> list[tuple[str, str]]:
         lr += f" ({s['lr_warmup_steps']} warm-up steps)"
     if s["optimizer"] == "prodigy":
         lr += " (Prodigy's multiplier: it estimates the step size itself)"
+    both = meta.get("arch") == "sdxl" and (mode == "pivotal" or bool(s.get("lora_text_encoder")))
     rows = [
         ("Mode", f"Dreambooth, {_MODES.get(mode, mode)}"),
         ("Base model", f"`{base.get('label', '?')}`, sha256 `{base.get('sha256', '?')}`"),
@@ -215,7 +216,8 @@ def training_rows(step: Path, meta: dict[str, Any]) -> list[tuple[str, str]]:
                       f"{s['adam_beta2']:g}), weight decay {s['weight_decay']:g}"),
         ("Resolution", f"{s['resolution']} x {s['resolution']}, {s.get('crop', 'center')} crop"),
         ("Mixed precision", s.get("mixed_precision", "?")),
-        ("Text encoder trained", _text_encoder(s, mode)),
+        ("Text encoder trained", _text_encoder(s, mode) + (" (both SDXL text encoders: clip_l and clip_g)" if both
+                                                           else "")),
     ]
     if mode in ("lora", "pivotal"):
         rows.append(("LoRA", f"rank {s['lora_rank']}, alpha {s['lora_alpha']:g}"))
@@ -256,13 +258,19 @@ def model_card(step: Path, meta: dict[str, Any], out: Path, grid: Path | None, f
     s = recipe["settings"]
     base = meta["base"]
     base_id = hub_id(base)
-    instance, trigger_line = trigger_phrases(meta, files)
+    sdxl = meta.get("arch") == "sdxl"
+    if sdxl:
+        from .sdxl_card import SDXL_LICENSE, SDXL_ROLES, sdxl_trigger, sdxl_usage
+
+    instance, trigger_line = sdxl_trigger(meta, files) if sdxl else trigger_phrases(meta, files)
     tags = ["stable-diffusion", "stable-diffusion-diffusers", "text-to-image", "dreambooth", "dreamy"]
+    if sdxl:
+        tags.insert(2, "stable-diffusion-xl")
     if meta["mode"] in ("lora", "pivotal"):
         tags += ["lora"] + (["textual-inversion", "pivotal-tuning"] if meta["mode"] == "pivotal" else [])
     front = [
         "---",
-        f"license: {base_license(base)}",
+        f"license: {SDXL_LICENSE if sdxl and base_license(base) == SD15_LICENSE else base_license(base)}",
         *([f"base_model: {base_id}"] if base_id else []),
         "library_name: diffusers",
         "pipeline_tag: text-to-image",
@@ -293,9 +301,10 @@ def model_card(step: Path, meta: dict[str, Any], out: Path, grid: Path | None, f
         lines += ["## Validation grid (rows: checkpoints, columns: seeds)", "", f"![validation grid]({grid.name})", ""]
     lines += card_section(step)  # the corridor meter's table, when the run has one
     if files:
-        lines += ["## Files", ""] + [f"- `{p.name}{'/' if k == 'diffusers' else ''}`: {FILE_ROLES.get(k, k)}"
+        roles = {**FILE_ROLES, **SDXL_ROLES} if sdxl else FILE_ROLES
+        lines += ["## Files", ""] + [f"- `{p.name}{'/' if k == 'diffusers' else ''}`: {roles.get(k, k)}"
                                      for k, p in files.items()] + [""]
-        lines += _usage(meta, files, base_id)
+        lines += sdxl_usage(meta, files, base_id) if sdxl else _usage(meta, files, base_id)
     if recipe.get("unlocked"):
         lines += ["## Unlocked (changed) preset fields", "", "```json", json.dumps(recipe["unlocked"], indent=2), "```", ""]
     lines += ["## Recipe", "", "```json", json.dumps(recipe, indent=2, sort_keys=True), "```", ""]

@@ -34,9 +34,7 @@ def make_optimizer(groups: list[dict[str, Any]], s: TrainSettings) -> tuple[torc
     if s.optimizer == "adamw8bit":
         try:
             quiet_bitsandbytes()
-            import bitsandbytes as bnb
-
-            return bnb.optim.AdamW8bit(groups, **common), None
+            return _adamw8bit(groups, common), None
         except (ImportError, RuntimeError, AttributeError) as e:
             note = (f"bitsandbytes is not usable here ({type(e).__name__}); training with torch AdamW "
                     "(32-bit optimizer states, about 4x the optimizer memory) instead of AdamW8bit.")
@@ -55,6 +53,37 @@ def make_optimizer(groups: list[dict[str, Any]], s: TrainSettings) -> tuple[torc
     with contextlib.redirect_stdout(io.StringIO()):  # it prints "Using decoupled weight decay"
         opt = Prodigy(groups, decouple=True, use_bias_correction=True, safeguard_warmup=True, **common)
     return opt, note
+
+
+def _adamw8bit(groups: list[dict[str, Any]], common: dict[str, Any]) -> torch.optim.Optimizer:
+    """bitsandbytes' AdamW8bit, whose step waits for the training stream only, not the whole GPU.
+
+    Its ``step`` calls ``torch.cuda.synchronize()`` after every parameter (``sync_gpu`` in
+    bitsandbytes/utils.py): a device-wide wait, which also waits for a validation row that Dream renders
+    on a stream of its own beside the loop (rows.py), so each step would queue behind a whole row. The
+    updates are queued on the current stream, so waiting for that stream keeps the wait's meaning for
+    the loop; the arithmetic is untouched. Paged states (not used here) keep the device-wide wait."""
+    import bitsandbytes as bnb
+    from bitsandbytes.optim import optimizer as bnb_optimizer
+
+    class AdamW8bit(bnb.optim.AdamW8bit):
+        @torch.no_grad()
+        def step(self, closure: Any = None) -> Any:
+            if getattr(self, "is_paged", False) or not hasattr(bnb_optimizer, "sync_gpu"):
+                return super().step(closure)
+            device_wide = bnb_optimizer.sync_gpu
+            bnb_optimizer.sync_gpu = _sync_stream
+            try:
+                return super().step(closure)
+            finally:
+                bnb_optimizer.sync_gpu = device_wide
+
+    return AdamW8bit(groups, **common)
+
+
+def _sync_stream(t: torch.Tensor) -> None:
+    if t.device.type == "cuda":
+        torch.cuda.current_stream(t.device).synchronize()
 
 
 def lr_factor(s: TrainSettings, step: int) -> float:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -77,6 +78,7 @@ class Run:
     writer: CheckpointWriter = field(default_factory=CheckpointWriter)  # checkpoint writes, in the background
     buffers: HostBuffers = field(default_factory=HostBuffers)  # pinned host memory for the snapshots
     fast: dict[str, bool] = field(default_factory=dict)  # the step's speed choices (speed.py), run.json "runtime"
+    more_prompts: list[Recipe] = field(default_factory=list)  # validation_prompts after the first: validation/prompt-N/
 
     @property
     def total(self) -> int:
@@ -92,6 +94,8 @@ class Run:
         s = self.s
         meta = {"run": self.name, "mode": s.mode, "base": base_record(self.base), "trigger_word": s.trigger_word,
                 "lora_rank": s.lora_rank, "lora_alpha": s.lora_alpha, "recipe": self.recipe.to_dict()}
+        if self.live.arch == "sdxl":  # SD 1.5 markers stay as they were
+            meta["arch"] = "sdxl"
         if self.group.size > 1:
             meta["processes"] = self.group.size
         return meta
@@ -105,7 +109,7 @@ def set_up(images: str | os.PathLike | Sequence[str | os.PathLike], name: str, p
     preset = load_preset(preset) if isinstance(preset, str) else preset
     recipe = resolve(preset, "train", overrides, unlock)
     s: TrainSettings = recipe.settings
-    dream_recipe = resolve(preset, "dream", validation, unlock=list(validation or {}))
+    dream_recipe, more_prompts = validation_recipes(preset, validation, s.validation_prompts)
     seeds = parse_seeds(s.validation_seeds) if s.validation_seeds.strip() else []
     run_dir = run_dir_for(name, models_dir)
     resume_from, skipped = resume_point(name, run_dir, resume)
@@ -119,25 +123,44 @@ def set_up(images: str | os.PathLike | Sequence[str | os.PathLike], name: str, p
                           captions=s.captions, crop=s.crop)
     photos = photo_record(data.images, s.captions == "files")
     changed = check_photos(run_dir, photos, allow_changed_photos) if resume_from is not None else None
-    model = load_model(base, device=dev, precision="fp32")  # fp32: the trained tensors are the masters
+    # fp32: the trained tensors are the masters; SD 1.x or SDXL (sdxl_setup.py)
+    model = load_model(base, device=dev, precision="fp32", expected_arch=None)
+    if model.arch == "sdxl":
+        from . import sdxl_setup
+
+        sdxl_setup.check_sdxl_recipe(s)
     if resume_from is not None:
         check_resumable(run_dir, recipe, model.ref, group.size)
     recorded = (read_runtime(run_dir) or {}) if resume_from is not None else None
     fused, compiled = speed.choose(s, dev, recorded)
-    tr = _trainables(model, s, dtype, fused, compiled)
+    if model.arch == "sdxl":
+        tr = sdxl_setup.sdxl_trainables(model, s, dtype, compiled)
+        live = sdxl_setup.sdxl_live(model, tr, dev, dtype)
+    else:
+        tr = _trainables(model, s, dtype, fused, compiled)
+        live = SDModel(model.ref, "sd15", tr.unet, model.vae, tr.text_encoder, tr.tokenizer, dev, dtype)
     optimizer, opt_note = make_optimizer(tr.groups, s)
     scaler = torch.amp.GradScaler("cuda", enabled=dev.type == "cuda" and dtype == torch.float16)
-    live = SDModel(model.ref, "sd15", tr.unet, model.vae, tr.text_encoder, tr.tokenizer, dev, dtype)
     notices = [*skipped, *([opt_note] if opt_note else [])]
     if group.size > 1:
         notices.append(f"Data-parallel over {group.size} processes: a global batch of {s.train_batch_size} x "
                        f"{group.size} = {s.train_batch_size * group.size} images per micro-step.")
-    inst, prior = _batches(s, tr, live, data, preset, run_dir, group, notices, cancel)
+    if model.arch == "sdxl":
+        from .sdxl_loss import SDXLMicroLoss
+
+        micro_loss: MicroLoss = SDXLMicroLoss(s, model, tr, sdxl_setup.sdxl_batches(s, tr, live, data, notices),
+                                              dev, dtype, group)
+    else:
+        inst, prior = _batches(s, tr, live, data, preset, run_dir, group, notices, cancel)
+        micro_loss = MicroLoss(s, model, tr, inst, prior, dev, dtype, group)
 
     run = Run(name, s, recipe.replace(model=model.ref), dream_recipe, seeds, run_dir, group, tr, optimizer,
-               scaler, live, MicroLoss(s, model, tr, inst, prior, dev, dtype, group),
-               LossLog(run_dir / "logs" / LOG_NAME))
+               scaler, live, micro_loss, LossLog(run_dir / "logs" / LOG_NAME))
     run.fast = {"fused_params": tr.flat_grad is not None, "compile_unet": compiled}
+    if tr.tokens and s.validation_prompts.strip():  # the learned tokens in place of the trigger word
+        run.dream_recipe, more_prompts = validation_recipes(preset, validation, s.validation_prompts, s.trigger_word,
+                                                            tr.tokens)
+    run.more_prompts = more_prompts
     if group.is_main and seeds:  # Dream's model for each checkpoint, loaded as Dream loads the base
         run.view = ValidationModel(base, dev, dream_recipe.settings.precision, s.lora_alpha / s.lora_rank)
     run.start = _start_at(run, resume_from, data.report, photos)
@@ -161,6 +184,29 @@ def set_up(images: str | os.PathLike | Sequence[str | os.PathLike], name: str, p
     started = Started(run.start, run.total, run_dir.resolve(), run.start if resume_from is not None else None,
                       tuple(data.report))
     return run, [started, *(Notice(run.start, run.total, n) for n in (notices if group.is_main else ()))]
+
+
+def validation_recipes(preset: Preset, validation: dict[str, Any] | None, prompts: str, trigger: str = "",
+                       tokens: Sequence[str] = ()) -> tuple[Recipe, list[Recipe]]:
+    """The dream recipes the validation renders use: the preset's [dream] with the caller's ``validation``
+    overrides, once per line of ``validation_prompts`` (none: the preset's prompt). A prompt other than
+    the preset's is recorded as unlocked in its PNGs' recipes. Pivotal tuning (``tokens``): the trigger
+    word of each ``validation_prompts`` line becomes the new tokens, as in the captions (diffusers'
+    advanced Dreambooth script does the same to its validation prompt), so the renders use what is learned."""
+    validation = dict(validation or {})
+    lines = [line.strip() for line in prompts.splitlines() if line.strip()]
+    if tokens and trigger:
+        lines = [re.sub(rf"(?<!\w){re.escape(trigger)}(?!\w)", "".join(tokens), line) for line in lines]
+    first = resolve(preset, "dream", validation, unlock=list(validation))
+    if not lines:
+        return first, []
+
+    def with_prompt(prompt: str) -> Recipe:
+        if prompt == first.settings.prompt:
+            return first
+        return resolve(preset, "dream", {**validation, "prompt": prompt}, unlock=[*validation, "prompt"])
+
+    return with_prompt(lines[0]), [with_prompt(p) for p in lines[1:]]
 
 
 def uses_prior(s: TrainSettings) -> bool:
@@ -230,9 +276,11 @@ def _start_at(run: Run, resume_from: Path | None, report: list[str], photos: lis
         start = step_of(resume_from)
         if run.group.is_main:
             run.log.truncate(start)
-            for step, files in validation_images(run.run_dir / "validation").items():
-                for f in files.values() if step > start else ():
-                    f.unlink()  # rendered after the checkpoint by a run that did not get to save
+            folders = [run.run_dir / "validation", *sorted((run.run_dir / "validation").glob("prompt-*"))]
+            for folder in folders:  # validation_prompts after the first have a folder each
+                for step, files in validation_images(folder).items():
+                    for f in files.values() if step > start else ():
+                        f.unlink()  # rendered after the checkpoint by a run that did not get to save
         return start
     if run.group.is_main:
         if run.run_dir.exists():  # a run that never reached a checkpoint: start it over

@@ -20,7 +20,7 @@ from .parallel import is_main_process
 
 # Settings a resumed run may change: they decide when to save and what to render, not what is learned.
 RESUMABLE_CHANGES = {"max_train_steps", "checkpointing_steps", "checkpoints_total_limit", "keep_resume_state",
-                     "validation_seeds"}
+                     "validation_seeds", "validation_prompts"}
 
 
 def run_dir_for(name: str, models_dir: str | os.PathLike | None = None) -> Path:

@@ -2,7 +2,9 @@
 
 The curation loop is "dream candidates, keep the good ones, train on them": ``add_to_training_set``
 copies chosen files into ``<root>/<set>/`` under safe names (an uploaded name can never escape the
-folder; a file Train would refuse is not copied), ``remove_from_training_set`` takes photos out again,
+folder; a file Train would refuse is not copied), with ``captions=True`` each beside its caption file
+(``<stem>.txt``: the prompt that made it, the trigger word applied, as kohya and A1111 read captions and
+``--captions files`` trains on them), ``remove_from_training_set`` takes photos out again,
 ``inspect_training_set`` says, per file, what Train will do with it or why it cannot
 (``training_set_report`` sums a set up by name), and ``train_on_set`` trains on one.
 """
@@ -19,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..atomic import file_mode
+from ..atomic import atomic_write_text, file_mode
 from ..errors import TrainDataError
 from ..images import ImageError, image_files, is_image_name, load_image, sniff
 from ..paths import check_name, check_tree, safe_filename
@@ -87,8 +89,44 @@ def training_set_report(root: Path, name: str, resolution: int | None = None) ->
     return SetReport(folder.name, folder, exists, files, checks, list_training_sets(Path(root)))
 
 
+def picture_caption(path: str | os.PathLike, trigger: str | None = None) -> tuple[str | None, str]:
+    """(caption, why none): the prompt that made a picture, read from its recipe (a Dreamy PNG) or its
+    infotext (A1111/Forge, Fooocus, ComfyUI), with the trigger word applied as training applies it
+    (:func:`dreamy.training.data.apply_trigger`: kept where the prompt has it, put at ``[trigger]``,
+    else prepended as ``trigger, prompt``); (None, the reason) when the file holds no prompt.
+
+    ``trigger``: None takes the trigger of the preset the picture names (its ``[word] trigger``, else
+    its ``[train] trigger_word``; none when that preset is not installed here); "" applies none."""
+    from ..errors import DreamyError
+    from ..png.info import describe_png
+    from .data import apply_trigger
+
+    try:
+        info = describe_png(path)
+    except DreamyError:
+        return None, "not a readable picture"
+    prompt = info.values.get("prompt") if info.values else None
+    if not isinstance(prompt, str) or not prompt.strip():
+        return None, "no prompt in it"
+    if trigger is None:
+        trigger = _preset_trigger(info.preset) if info.kind == "dreamy" else ""
+    return apply_trigger(prompt, trigger.strip()), ""
+
+
+def _preset_trigger(name: str | None) -> str:
+    from ..errors import PresetError
+    from ..recipes.presets import load_named_preset
+
+    try:
+        preset = load_named_preset(str(name))  # a name from an untrusted file: never a path
+    except PresetError:
+        return ""
+    return preset.word.trigger or preset.train.trigger_word
+
+
 def add_to_training_set(
-    files: Sequence[str | os.PathLike], name: str, root: Path, *, resolution: int | None = None
+    files: Sequence[str | os.PathLike], name: str, root: Path, *, resolution: int | None = None,
+    captions: bool = False, trigger: str | None = None,
 ) -> SetReport:
     """Copy ``files`` into the set ``name`` (created if new; nothing kept, nothing made); returns the
     set's report (:func:`training_set_report`, checked at ``resolution`` if given) with ``added``, the
@@ -97,6 +135,11 @@ def add_to_training_set(
 
     A file already in the set with the same bytes is not copied twice; a different file with the
     same name gets a numbered name. Copies are written to a temporary name and renamed.
+
+    ``captions``: write each picture's caption file beside it, ``<its name in the set>.txt`` (UTF-8,
+    one line: :func:`picture_caption` with ``trigger``), which Train reads with ``captions = "files"``
+    (CLI ``--captions files``). A caption file already there is kept (it may have been edited by hand);
+    a picture with no prompt gets none. Both are said in ``notes``.
     """
     folder = training_set_dir(root, name)
     added, notes = [], []
@@ -133,9 +176,23 @@ def add_to_training_set(
                 Path(tmp).unlink(missing_ok=True)
                 raise
         added.append(target)
+        if captions:
+            notes += _write_caption(src, target, trigger)
     report = training_set_report(root, name, resolution)
     report.added, report.notes = added, notes
     return report
+
+
+def _write_caption(src: Path, target: Path, trigger: str | None) -> list[str]:
+    """``target``'s caption file from ``src``'s prompt; the notes to give (none when it was written)."""
+    txt = target.with_suffix(".txt")
+    if txt.exists():
+        return [f"{txt.name}: already there, kept"]
+    caption, why = picture_caption(src, trigger)
+    if caption is None:
+        return [f"{target.name}: {why}, so no caption file (Train uses the instance prompt for it)"]
+    atomic_write_text(txt, caption + "\n")
+    return []
 
 
 def remove_from_training_set(

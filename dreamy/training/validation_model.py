@@ -31,7 +31,7 @@ class ValidationModel:
         self.dirty = False  # holds a checkpoint's weights, not the base's
 
     def _load(self) -> SDModel:
-        return load_model(self.base, device=self.device, precision=self.precision)
+        return load_model(self.base, device=self.device, precision=self.precision, expected_arch=None)
 
     def as_base(self) -> SDModel:
         """The base model as Dream loads it (step 0's renders); reloaded if a checkpoint was put in."""
@@ -55,19 +55,23 @@ class ValidationModel:
                 own = getattr(m, name).state_dict()
                 for key, t in parts[name].items():
                     own[key].copy_(t)
-        for name, module in (("lora_unet", m.unet), ("lora_text_encoder", m.text_encoder)):
+        for name, module in (("lora_unet", m.unet), ("lora_text_encoder", m.text_encoder),
+                             ("lora_text_encoder_2", m.text_encoder_2)):
             if name in parts:
                 self._reset(module, name.removeprefix("lora_"), parts[name])
                 merge_lora(module, parts[name], self.lora_scale)
-        if "embeddings" in parts:
-            rows = parts["embeddings"]["clip_l"]
-            if not self._tokens:
-                add_token_embeddings(m.tokenizer, m.text_encoder, tokens, rows)
-                m.text_encoder.to(m.device).eval().requires_grad_(False)
-                self._tokens = list(tokens)
-            else:
-                weight = m.text_encoder.get_input_embeddings().weight
-                weight[-len(tokens) :] = rows.to(weight.device, weight.dtype)
+        if "embeddings" in parts:  # clip_l: the first text encoder; SDXL's clip_g: the second
+            pairs = [(m.tokenizer, m.text_encoder, parts["embeddings"]["clip_l"])]
+            if "clip_g" in parts["embeddings"]:
+                pairs.append((m.tokenizer_2, m.text_encoder_2, parts["embeddings"]["clip_g"]))
+            for tokenizer, encoder, rows in pairs:
+                if not self._tokens:
+                    add_token_embeddings(tokenizer, encoder, tokens, rows)
+                    encoder.to(m.device).eval().requires_grad_(False)
+                else:
+                    weight = encoder.get_input_embeddings().weight
+                    weight[-len(tokens) :] = rows.to(weight.device, weight.dtype)
+            self._tokens = list(tokens)
         self.dirty = True
         return m
 

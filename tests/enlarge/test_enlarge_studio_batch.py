@@ -128,7 +128,8 @@ def test_settings_have_plain_names_and_the_api_keeps_its_own(client):
     for name, (label, info) in LABELS.items():
         props = by_id[f"enlarge-{name}"]
         assert props["label"].removesuffix(" 🔒") == label and info.startswith(name)
-        assert props["info"] == info
+        # locked: who locks it comes first (as in Dream and Train), then the technical name
+        assert props["info"] == f"🔒 locked by preset biased-dreams: tick Unlock to change it · {info}"
     params = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
     for endpoint in ("/enlarge", "/enlarge_many"):
         names = [p["parameter_name"] for p in params[endpoint]["parameters"]]
@@ -136,10 +137,10 @@ def test_settings_have_plain_names_and_the_api_keeps_its_own(client):
 
 
 def test_locks_keep_the_plain_names():
-    from studio.enlarge_tab import FIELDS, plain_labels
-    from studio.widgets import lock_toggled, locked_updates
+    from studio.enlarge_tab import FIELDS, field_updates
 
-    locked = plain_labels(locked_updates("biased-dreams", "enlarge", FIELDS, False))
+    locked = field_updates("biased-dreams", False)
     assert {u["label"] for u in locked} >= {"Guidance (CFG) 🔒", "Churn 🔒", "Noise 🔒", "Upscale × 🔒"}
-    unlocked = plain_labels(lock_toggled("biased-dreams", "enlarge", FIELDS, True))
+    unlocked = field_updates("biased-dreams", True, None, toggled=True)
     assert not any("🔒" in u["label"] or "_" in u["label"] for u in unlocked)
+    assert len(locked) == len(unlocked) == len(FIELDS)

@@ -23,7 +23,7 @@ from ...models.sources import SDModel
 from ...recipes.recipe import Recipe
 from .policy import DEFAULT_LEVEL, ENV, LEVELS, padded, plan_batches, resolve_level, unsupported_reason
 
-__all__ = ["DEFAULT_LEVEL", "ENV", "LEVELS", "FastDream", "select", "drop_fast_state"]
+__all__ = ["DEFAULT_LEVEL", "ENV", "LEVELS", "FastDream", "select", "drop_fast_state", "captured"]
 
 log = logging.getLogger(__name__)
 _LABELS = {"graph": "cuda-graph", "compile": "cuda-graph+compile"}
@@ -108,6 +108,14 @@ def select(
             drop_fast_state(model)
     model._dreamy_fast_failed = "its capture failed earlier in this session"
     return None
+
+
+def captured(model: SDModel) -> bool:
+    """Whether ``model`` holds a capture (its next dream with the same recipe and batch replays it).
+
+    A capture must not overlap a device-wide synchronize from another thread (bitsandbytes' optimizers
+    call one every step): Train renders a validation row beside its loop only once this is true."""
+    return getattr(model, "_dreamy_runner", None) is not None
 
 
 def drop_fast_state(model: SDModel) -> None:
