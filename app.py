@@ -96,6 +96,9 @@ def build(studio: Studio) -> gr.Blocks:
                     api_visibility="private")
 
         def on_load():
+            # Lists only (models, runs, sets), never a value: on a busy machine this answer comes late,
+            # after the visitor may have picked a preset or ticked Unlock. The forms hold their presets'
+            # values and locks from the build (tests/test_page_load.py).
             return [*dream_tab.refresh_pickers(studio), *dream.init(), *train.init(), *enlarge.init()]
 
         demo.load(on_load, None, [dream.model, dream.run, *dream.init_outputs, *train.init_outputs,

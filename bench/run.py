@@ -39,7 +39,7 @@ SUITE: list[tuple[str, str, list[str], float]] = [
     # process; train() end to end (sweet-spot, checkpoint + row every 100) beside the stock step; a batch
     # of 8 keepers enlarged with the models loaded once
     ("studio", "bench.studio", ["--model", "full", "--seeds", "32", "--batch", "16", "--rounds", "2"], 420.0),
-    ("train-e2e", "bench.train", ["--e2e", "--steps", "400", "--every", "100"], 480.0),
+    ("train-e2e", "bench.train", ["--e2e", "--steps", "300", "--every", "100"], 480.0),
     ("enlarge-batch", "bench.enlarge", ["--arms", "", "--batch", "8"], 420.0),
     # the word-style recipe on full-size random-init SDXL (issue #19): s/step and peak memory
     ("train-sdxl", "bench.train_sdxl", ["--preset", "word-style", "--steps", "100"], 480.0),

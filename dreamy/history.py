@@ -1,10 +1,11 @@
 """What can be reopened from disk: past training runs (``models/<run>/``) and past dream jobs
-(``outputs/dream``, ``prompt-sweep``, ``checkpoint-grid``), listed newest first and read back with
+(``outputs/dream``, ``prompt-sweep``, ``checkpoint-grid``, ``word``), listed newest first and read back with
 their recipes. The studio's *Open run* and *Past dreams* pickers and ``python -m dreamy history``
 are views of these functions.
 
     list_runs(models/)            -> [RunSummary]  newest first
-    open_run(models/r1, models/)  -> RunView       loss history, grid cells, corridor rows, status
+    open_run(models/r1, models/)  -> RunView       loss history, grid cells, corridor rows, status,
+                                                   the other validation prompts' grids
     list_dreams(outputs/)         -> [DreamJob]    newest first
     open_dreams(folder, outputs/) -> DreamView     pictures with captions, sheet or grid, recipe
 
@@ -29,7 +30,8 @@ from .errors import DreamyError, PathError
 from .layout import checkpoints, step_of
 from .paths import within
 
-DREAM_JOBS = ("dream", "prompt-sweep", "checkpoint-grid")  # the outputs/<job>/ folders Past dreams lists
+# the outputs/<job>/ folders Past dreams lists (word: the Word box's picture and its particles.gif)
+DREAM_JOBS = ("dream", "prompt-sweep", "checkpoint-grid", "word")
 JOB_NAME = re.compile(r"(\d{8})-(\d{6})(?:-(\d+))?")  # layout.new_run_dir's <YYYYmmdd-HHMMSS>[-n]
 CELL_NAME = re.compile(r"step(\d+)-seed(\d+)\.png")  # a validation render (training/validation.py names them)
 SEED_NAME = re.compile(r"(?:step\d+-)?seed(\d+)\.png")  # a dreamed picture (dreaming/dreams.py image_name)
@@ -152,6 +154,33 @@ class Cell:
         return f"step {self.step} · seed {self.seed}"
 
 
+@dataclass(frozen=True)
+class PromptGrid:
+    """The grid of one validation prompt after the first: ``validation/prompt-N/grid.png`` (N = 2 for
+    ``validation_prompts``' second line), checkpoints × seeds as the main grid."""
+
+    path: Path
+    number: int
+    prompt: str | None  # its line of validation_prompts, None when the settings no longer name it
+
+    @property
+    def caption(self) -> str:
+        return f"prompt {self.number}: {self.prompt}" if self.prompt else f"prompt {self.number}"
+
+
+def prompt_grids(run_dir: str | os.PathLike, settings: dict[str, Any] | None = None) -> list[PromptGrid]:
+    """The grids of a run's other validation prompts (``validation/prompt-N/grid.png``), by N; [] for a
+    run with one prompt. ``settings``: the run's (run_settings), for each grid's prompt."""
+    lines = [p.strip() for p in str((settings or {}).get("validation_prompts", "")).splitlines() if p.strip()]
+    out = []
+    folder = Path(run_dir) / "validation"
+    for d in folder.glob("prompt-*") if folder.is_dir() else ():
+        n = d.name.removeprefix("prompt-")
+        if n.isdigit() and int(n) >= 2 and (d / "grid.png").is_file():
+            out.append(PromptGrid(d / "grid.png", int(n), lines[int(n) - 1] if int(n) <= len(lines) else None))
+    return sorted(out, key=lambda g: g.number)
+
+
 @dataclass
 class RunView:
     """Everything the Train tab shows of a run, read from its folder."""
@@ -165,6 +194,7 @@ class RunView:
     corridor: list[dict[str, Any]]  # corridor.json's rows (corridor_report.read_rows)
     validation: dict[str, Any] = field(default_factory=dict)  # width, height, steps of the renders (from a PNG)
     settings: dict[str, Any] = field(default_factory=dict)  # the training settings it last ran with (run_settings)
+    prompt_grids: list[PromptGrid] = field(default_factory=list)  # validation/prompt-N/grid.png, N = 2, 3...
 
     @property
     def status(self) -> str:
@@ -282,9 +312,11 @@ def open_run(run_dir: str | os.PathLike, models_dir: str | os.PathLike) -> RunVi
     grid = folder / "validation" / "grid.png"
     from .training.corridor_report import read_rows
 
+    settings = run_settings(folder)
     return RunView(summary=summarize_run(folder), record=_record(folder), losses=loss_history(folder),
                    grid=grid if grid.is_file() else None, cells=cells, seeds=seeds, corridor=read_rows(folder),
-                   validation=_validation_settings(cells), settings=run_settings(folder))
+                   validation=_validation_settings(cells), settings=settings,
+                   prompt_grids=prompt_grids(folder, settings))
 
 
 def checkpoint_source(run_dir: str | os.PathLike, step: int) -> str:
@@ -327,7 +359,7 @@ def training_set_of(record: dict[str, Any], sets_root: str | os.PathLike) -> str
 class DreamJob:
     """One past job folder: ``outputs/<kind>/<YYYYmmdd-HHMMSS>[-n]/``."""
 
-    kind: str  # dream, prompt-sweep, checkpoint-grid
+    kind: str  # dream, prompt-sweep, checkpoint-grid, word
     folder: Path
     pictures: int
 
@@ -353,7 +385,7 @@ def _pictures(folder: Path) -> list[Path]:
 
 
 def list_dreams(outputs_dir: str | os.PathLike, limit: int = 200) -> list[DreamJob]:
-    """Past dreams, prompt sweeps and checkpoint grids under ``outputs_dir``, newest first (by the
+    """Past dreams, prompt sweeps, checkpoint grids and words under ``outputs_dir``, newest first (by the
     time in the folder's name), at most ``limit``; folders with no picture are left out."""
     root = Path(outputs_dir)
     jobs: list[tuple[tuple, Path, str]] = []
@@ -391,7 +423,9 @@ class DreamView:
     @property
     def status(self) -> str:
         """Markdown: what the job was and its recipe."""
-        head = f"Reopened the {self.job.kind.replace('-', ' ')} of {self.job.when}: {len(self.pictures)} picture(s)."
+        word = _word_of(self.recipe)
+        what = f"word **{word}**" if word else self.job.kind.replace('-', ' ')
+        head = f"Reopened the {what} of {self.job.when}: {len(self.pictures)} picture(s)."
         return head + ("\n\n" + self.recipe.summary(markdown=True) if self.recipe is not None else "")
 
 
@@ -424,14 +458,23 @@ def open_dreams(folder: str | os.PathLike, outputs_dir: str | os.PathLike) -> Dr
     except (OSError, ValueError):
         prompts = []
     prompts = prompts if isinstance(prompts, list) else []
-    pictures = []
-    for f in files:
-        row = _row_label(f.parent, path, prompts)
-        seed = int(SEED_NAME.fullmatch(f.name)[1])
-        pictures.append((f, f"{row} · seed {seed}" if row else f"seed {seed}"))
-    sheet = next((path / n for n in SHEETS if (path / n).is_file()), None)
     try:
         recipe = read_recipe(files[0])
     except DreamyError:
         recipe = None
+    word = _word_of(recipe)  # a Word box job: its pictures are captioned with the word, as the box shows them
+    pictures = []
+    for f in files:
+        row = word or _row_label(f.parent, path, prompts)
+        seed = int(SEED_NAME.fullmatch(f.name)[1])
+        pictures.append((f, f"{row} · seed {seed}" if row else f"seed {seed}"))
+    sheet = next((path / n for n in SHEETS if (path / n).is_file()), None)
     return DreamView(DreamJob(kind, path, len(files)), pictures, sheet, recipe)
+
+
+def _word_of(recipe: Any) -> str | None:
+    """The word a Word box picture was dreamed from (its recipe's ``runtime.word.word``), else None."""
+    runtime = getattr(recipe, "runtime", None)
+    word = runtime.get("word") if isinstance(runtime, dict) else None
+    text = word.get("word") if isinstance(word, dict) else None
+    return " ".join(text.split())[:80] if isinstance(text, str) and text.strip() else None

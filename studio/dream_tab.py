@@ -49,7 +49,7 @@ class DreamTab:
     send_enlarge: gr.Button
     send_particles: gr.Button
     send: Any  # (paths, selected index) -> the selected picture's path
-    init: Any  # page load: () -> updates for init_outputs
+    init: Any  # page load: () -> updates for init_outputs (lists only, never a value the visitor may change)
     init_outputs: list
     seeds: Any = None  # set by a grid cell opened from Train (app.py)
     send_all_enlarge: Any = None  # "Send all to Enlarge": the gallery's pictures as Enlarge's batch (app.py)
@@ -357,10 +357,9 @@ def build(studio: Studio) -> DreamTab:
     prompt_file.upload(load_prompt_file, prompt_file, variants, api_visibility="private")
     compare.focus(lambda: gr.update(choices=runs(studio.models)), None, compare, api_visibility="private",
                   queue=False, show_progress="hidden")  # runs trained since the page loaded
-    def init():
-        return locked_updates(PRESET, "dream", FIELDS, False, marks=True)
-
-    return DreamTab(model, run, paths, selected, send_enlarge, send_particles, send, init, fields, seeds=seeds,
+    # Page load: nothing. The form is drawn with PRESET's values and locks at build time (preset_widget),
+    # and a load answer that came late on a busy machine reset a preset or an Unlock picked meanwhile.
+    return DreamTab(model, run, paths, selected, send_enlarge, send_particles, send, list, [], seeds=seeds,
                     send_all_enlarge=send_all_enlarge)
 
 

@@ -256,7 +256,8 @@ def build(studio: Studio) -> EnlargeTab:
     unlock.input(lambda name, u, *now: field_updates(name, u, list(now), toggled=True), [preset, unlock, *fields],
                  fields, api_visibility="private", show_progress="hidden")
     watch_locks(preset, unlock, widgets, "enlarge", labels=PLAIN, infos=INFOS)  # unlocked and changed: says so
-    return EnlargeTab(image, more, lambda: field_updates(PRESET, False), fields)
+    # page load: nothing; the fields hold PRESET's values and locks from the build (see dream_tab)
+    return EnlargeTab(image, more, list, [])
 
 
 def _enlarged(result: Any) -> str:

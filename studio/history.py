@@ -1,6 +1,6 @@
 """History in the studio: Train's *Open run* (a past run's loss, corridor curves, validation grid and
 its cells, log and status, read back from disk) with a cell opening its checkpoint and seed in Dream,
-and Dream's *Past dreams* (a past dream, prompt sweep or checkpoint grid back in the gallery).
+and Dream's *Past dreams* (a past dream, prompt sweep, checkpoint grid or word back in the gallery).
 
 The listing and reading is dreamy.history's; this module shapes it for widgets and wires the pickers.
 """
@@ -99,6 +99,13 @@ def gallery_update(view: history.RunView | None) -> Any:
     return gr.update(value=cells, columns=max(1, min(8, len(view.seeds))) if view and view.seeds else 4)
 
 
+def prompt_grids_update(view: history.RunView | None) -> Any:
+    """The other validation prompts' grids (validation/prompt-N/grid.png), each captioned with its
+    prompt; hidden for a run with one prompt."""
+    grids = view.prompt_grids if view is not None else []
+    return gr.update(value=[(str(g.path), g.caption) for g in grids], visible=bool(grids))
+
+
 DREAM_IT = "Dream it"  # the button under the cells; once one is picked: "Dream step 400 · seed 2"
 
 
@@ -126,7 +133,8 @@ def open_run_updates(studio: Studio, name: str | None, current_set: str | None, 
                      validation: list[str], default_preset: str) -> list:
     """Train's *Open run*: [status, loss (the whole history), grid, log, corridor curves, cells, cells'
     note, run name, shown run, picked cell, the Dream button, preset, its description, unlock, *fields,
-    *validation fields, training set], the run's recipe back in the form so Resume and Export work on it."""
+    *validation fields, training set, the other prompts' grids], the run's recipe back in the form so Resume
+    and Export work on it."""
     from dreamy.recipes.presets import list_presets
 
     from .widgets import locked_updates, preset_description
@@ -144,26 +152,26 @@ def open_run_updates(studio: Studio, name: str | None, current_set: str | None, 
             corridor_frame(view.corridor), gallery_update(view), cell_note(view), view.summary.name,
             view.summary.name, None, gr.update(value=DREAM_IT), chosen, preset_description(chosen), unlocked, *form,
             *shown,
-            gr.update(value=photos or current_set)]
+            gr.update(value=photos or current_set), prompt_grids_update(view)]
 
 
 def cells_updates(studio: Studio, seen: str) -> tuple:
     """A validation of a live run ended (``seen`` = "<run>|<step>"): [cells, cells' note, shown run,
-    picked cell, the Dream button, the Open run picker's choices]."""
+    picked cell, the Dream button, the Open run picker's choices, the other prompts' grids]."""
     name = seen.split("|")[0] if seen else ""
     try:
         view = history.open_run(name, studio.models) if name else None
     except DreamyError:
         view = None
     return (gallery_update(view), cell_note(view), name, None, gr.update(value=DREAM_IT),
-            gr.update(choices=run_choices(studio)))
+            gr.update(choices=run_choices(studio)), prompt_grids_update(view))
 
 
 # ---------------------------------------------------------------------------------- Past dreams
 
 
 def dream_choices(studio: Studio) -> list[tuple[str, str]]:
-    """(label, folder relative to outputs/) of past dreams, sweeps and grids, newest first."""
+    """(label, folder relative to outputs/) of past dreams, sweeps, grids and words, newest first."""
     try:
         jobs = history.list_dreams(studio.outputs, limit=PAST_DREAMS_SHOWN)
     except OSError:
@@ -176,7 +184,7 @@ def past_dreams_picker(studio: Studio) -> gr.Dropdown:
     # a shared studio keeps each visitor's dreams to themselves (as it keeps no run history in the browser)
     return gr.Dropdown(dream_choices(studio) if not studio.shared else [], value=None, label="Past dreams",
                        elem_id="dream-past", visible=not studio.shared,
-                       info="dreams, prompt sweeps and checkpoint grids in outputs/, newest first")
+                       info="dreams, prompt sweeps, checkpoint grids and words in outputs/, newest first")
 
 
 def wire_past_dreams(studio: Studio, picker: gr.Dropdown, gallery: Any, sheet: Any, status: Any, paths: Any,

@@ -56,6 +56,7 @@ LOG_TO_END = ("() => { const t = document.querySelector('#train-log textarea');"
 EXPORTS = [("single file + model card", "single-file,card"), ("diffusers folder + model card", "diffusers,card"),
            ("LoRA files + model card", "lora,card"), ("model card", "card")]
 LORA_EXPORT = "lora,card"
+MERGED = ("single-file,card", "diffusers,card")  # a merged model: no SDXL run makes one (dreamy/training/exports.py)
 
 
 @dataclass
@@ -117,8 +118,9 @@ def build(studio: Studio) -> TrainTab:
         with gr.Column(scale=1, min_width=300):
             gr.Markdown("**1 · Photos** — about eight of one subject", elem_classes="dreamy-step")
             sets = _set_names(studio)
+            first_set = _pick_set(sets)
             with gr.Row():
-                set_name = gr.Dropdown(sets, value=_pick_set(sets), label="Training set", scale=3,
+                set_name = gr.Dropdown(sets, value=first_set, label="Training set", scale=3,
                                        allow_custom_value=True, info="outputs/training-sets/<name>/",
                                        elem_id="train-set")
             upload = gr.UploadButton("Add photos…", file_count="multiple", file_types=["image"], type="filepath",
@@ -136,9 +138,9 @@ def build(studio: Studio) -> TrainTab:
         with gr.Column(scale=1, min_width=340):
             gr.Markdown("**2 · Recipe**", elem_classes="dreamy-step")
             with gr.Row():
-                base = gr.Dropdown([("tiny (offline demo)", "tiny"), studio.default_model] if
-                                   studio.default_model != "tiny" else [("tiny (offline demo)", "tiny")],
-                                   value=studio.default_model, label="Base model", allow_custom_value=True)
+                base = gr.Dropdown(base_choices(studio), value=studio.default_model, label="Base model",
+                                   allow_custom_value=True, elem_id="train-base",
+                                   info="SD 1.5 or SDXL; the preset says how (word-style: SDXL pivotal)")
                 preset = gr.Dropdown(list_presets(), value=PRESET, label="Preset", elem_id="train-preset")
             description = gr.Markdown(preset_description(PRESET), elem_classes="dreamy-note")
             unlock = gr.Checkbox(False, label="Unlock the preset's locked settings (recorded in the run)",
@@ -184,7 +186,7 @@ def build(studio: Studio) -> TrainTab:
             # Gradio's autoscroll follows only a box already scrolled to its end, and a whole log set at
             # once (an opened run) or while the tab was hidden stayed at its first lines: scroll on change
             log.change(None, None, None, js=LOG_TO_END, queue=False, api_visibility="private")
-            with gr.Accordion("Export a checkpoint", open=False):
+            with gr.Accordion("Export a checkpoint", open=False) as export_box:
                 # a code span: bare <run> would be taken for an HTML tag and swallow the rest of the note
                 gr.Markdown("Into `models/<run>/export/step-XXXX/`. Pick the step inside the corridor.",
                             elem_classes="dreamy-note")
@@ -219,6 +221,10 @@ def build(studio: Studio) -> TrainTab:
                 cells_note = gr.Markdown(history.cell_note(None), elem_classes="dreamy-note", elem_id="train-cells-note")
                 to_dream = gr.Button(history.DREAM_IT, size="sm", variant="primary", scale=0, min_width=120,
                                      elem_id="train-to-dream")
+    # The grids of the run's other validation prompts (validation_prompts' lines after the first), if any
+    more_grids = gr.Gallery(label="Other validation prompts: checkpoints × seeds", columns=2, height=360,
+                            object_fit="contain", format="png", interactive=False, preview=False, visible=False,
+                            elem_id="train-prompt-grids", fit_columns=False)
     # The run the view shows ("" none), and after each validation "<run>|<step>": its change re-reads the cells
     shown_run, validated, picked_cell = gr.State(""), gr.State(""), gr.State(None)
 
@@ -258,9 +264,12 @@ def build(studio: Studio) -> TrainTab:
         return gr.update(value=[*(chosen or []), name] if name not in (chosen or []) else chosen)
 
     def sets_shown(current: str | None, resolution: float):
-        """The tab opened: list the sets on disk now (a reload, or Dream's "Add selected to training set")."""
+        """The tab opened: list the sets on disk now (a reload, or Dream's "Add selected to training set").
+        The page's first pick (made when the studio was built), when it names no set on disk, becomes
+        the first set there; a name the visitor typed stays."""
         names = _set_names(studio)
-        return gr.update(choices=names), *show_set(current or "", resolution)
+        chosen = _pick_set(names) if current == first_set and current not in names else current
+        return gr.update(choices=names, value=chosen), *show_set(chosen or "", resolution)
 
     def training(resume: bool, doc: str):
         """The handler behind Start (``resume=False``) and Resume: one body, two API names. Gradio reads
@@ -366,15 +375,22 @@ def build(studio: Studio) -> TrainTab:
     def formats_of(run_name: str, step: str | None, what: str | None):
         return _formats(_checkpoints(studio, run_name), step, what)
 
+    def formats_now(run_name: str, step: str | None, what: str | None):
+        """The Export box opened: the run's checkpoints now (the picked one kept while it exists)."""
+        found = _checkpoints(studio, run_name)
+        steps = [str(s) for s, _ in reversed(found)]
+        kept = step if step in steps else None
+        return gr.update(choices=steps, value=kept), _formats(found, kept, what)
+
     opened_outputs = [status, loss, grid, log, corridor, cells, cells_note, run_name, shown_run, picked_cell,
-                      to_dream, preset, description, unlock, *fields, *v_fields, set_name]
+                      to_dream, preset, description, unlock, *fields, *v_fields, set_name, more_grids]
     opened.input(lambda name, current: history.open_run_updates(studio, name, current, FIELDS, VALIDATION, PRESET),
                  [opened, set_name], opened_outputs, api_visibility="private")
     # listed afresh whenever it is opened: runs trained since the page loaded (or by the CLI) are there
     opened.focus(lambda: gr.update(choices=history.run_choices(studio)), None, opened, queue=False,
                  api_visibility="private")
     validated.change(lambda seen: history.cells_updates(studio, seen), validated,
-                     [cells, cells_note, shown_run, picked_cell, to_dream, opened], queue=False,
+                     [cells, cells_note, shown_run, picked_cell, to_dream, opened, more_grids], queue=False,
                      api_visibility="private")
     cells.select(history.picked, None, [picked_cell, to_dream], api_visibility="private")
 
@@ -398,8 +414,9 @@ def build(studio: Studio) -> TrainTab:
     thumbs.select(pick_photo, [shown_names, to_remove], to_remove, api_visibility="private")
     set_files.change(lambda files: gr.update(choices=files, value=[]), set_files, to_remove, queue=False,
                      api_visibility="private")
-    preset.input(lambda name, u: [preset_description(name), *locked_updates(name, "train", FIELDS, u, marks=True)],
-                 [preset, unlock], [description, *fields], api_visibility="private", show_progress="hidden")
+    preset.input(lambda name, u: [preset_description(name), *locked_updates(name, "train", FIELDS, u, marks=True),
+                                  *_validation_defaults(name)],
+                 [preset, unlock], [description, *fields, *v_fields], api_visibility="private", show_progress="hidden")
     unlock.input(lambda name, u, *now: lock_toggled(name, "train", FIELDS, u, now, marks=True),
                  [preset, unlock, *fields], fields, api_visibility="private", show_progress="hidden")
     watch_locks(preset, unlock, widgets, "train")  # an unlocked field that differs from the preset says so
@@ -411,16 +428,34 @@ def build(studio: Studio) -> TrainTab:
         ev.then(steps_of, [run_name, ex_what], [ex_step, ex_what], api_visibility="private")
 
     def init():
-        """Page load: the sets on disk now (the page may be older than the newest set), the preset's locks."""
-        names = _set_names(studio)
-        chosen = _pick_set(names, set_name.value)
-        return [*locked_updates(PRESET, "train", FIELDS, False, marks=True), gr.update(choices=names, value=chosen),
-                *show_set(chosen, 512), *steps_of(run_name.value, ex_what.value),
-                gr.update(choices=history.run_choices(studio))]
+        """Page load: the lists on disk now (the page may be older than the newest set or run), never a
+        value: a load answer that came late on a busy machine reset a preset, an Unlock or a set picked
+        meanwhile. The form holds PRESET's values and locks from the build (preset_widget)."""
+        return [gr.update(choices=_set_names(studio)), gr.update(choices=history.run_choices(studio))]
 
-    return TrainTab([ev_start, ev_resume], init, [*fields, set_name, *set_view, ex_step, ex_what, opened],
+    # The Export box is read when opened: the run's checkpoints now, and what they can be exported as
+    export_box.expand(formats_now, [run_name, ex_step, ex_what], [ex_step, ex_what], api_visibility="private",
+                      show_progress="hidden")
+
+    return TrainTab([ev_start, ev_resume], init, [set_name, opened],
                     sets_shown, [set_name, widgets["resolution"]], [set_name, *set_view], to_dream,
                     [shown_run, picked_cell])
+
+
+def base_choices(studio: Studio) -> list:
+    """What Train can start from: the offline demos (tiny: SD 1.5, tiny-sdxl: SDXL, for word-style) and
+    the studio's model."""
+    demos = [("tiny (offline demo)", "tiny"), ("tiny-sdxl (offline SDXL demo)", "tiny-sdxl")]
+    return demos + ([studio.default_model] if studio.default_model not in {v for _, v in demos} else [])
+
+
+def _validation_defaults(preset_name: str) -> list:
+    """The validation renders' size and steps as the preset dreams (word-style: SDXL's 1024 px)."""
+    try:
+        dream = load_preset(preset_name).dream
+    except DreamyError:  # the preset picker says why
+        return [gr.update() for _ in VALIDATION]
+    return [gr.update(value=getattr(dream, n)) for n in VALIDATION]
 
 
 def _duration(seconds: float) -> str:
@@ -441,18 +476,24 @@ def _checkpoints(studio: Studio, run_name: str) -> list[tuple[int, Path]]:
 
 
 def _formats(found: list[tuple[int, Path]], step: str | None, what: str | None) -> dict:
-    """The export choices the chosen checkpoint (blank: the newest) supports: LoRA files only from a
-    checkpoint that holds LoRA weights (lora and pivotal runs; the exporter's own test)."""
+    """The export choices the chosen checkpoint (blank: the newest) supports, its default first: LoRA
+    files only from a checkpoint that holds LoRA weights (lora and pivotal runs; the exporter's own
+    test); an SDXL run's adapters only as LoRA files and a card (what ``--export-only`` exports for it:
+    the exporter refuses a merged SDXL model)."""
     from dreamy.models.checkpoints import read_meta  # imports torch: only once a run is looked at
 
     at = {str(s): p for s, p in found}
     folder = at.get(str(step).strip()) if step not in (None, "") else (found[-1][1] if found else None)
     try:
-        lora = folder is not None and "lora_unet" in read_meta(folder).get("parts", ())
+        meta = read_meta(folder) if folder is not None else {}
     except DreamyError:  # a damaged checkpoint: Export says so when asked
-        lora = False
-    choices = [c for c in EXPORTS if lora or c[1] != LORA_EXPORT]
-    return gr.update(choices=choices, value=what if what in {v for _, v in choices} else EXPORTS[0][1])
+        meta = {}
+    lora = "lora_unet" in meta.get("parts", ())
+    if meta.get("arch") == "sdxl":
+        choices = [c for c in EXPORTS if c[1] not in MERGED]
+    else:
+        choices = [c for c in EXPORTS if lora or c[1] != LORA_EXPORT]
+    return gr.update(choices=choices, value=what if what in {v for _, v in choices} else choices[0][1])
 
 
 def _set_names(studio: Studio) -> list[str]:

@@ -49,9 +49,9 @@ def open_page(url: str, viewport: dict | None = None, timeout_ms: int = 30_000) 
         try:
             page = browser.new_page(viewport=viewport or LAPTOP)
             page.set_default_timeout(timeout_ms)
-            # The page's load event (app.py on_load) puts each tab's preset and locks back in its form:
-            # a click on Unlock before it has answered is undone by it. It is queued: wait for it to
-            # be sent, then give it a second to answer (it takes ~0.1 s; the answer's stream stays open).
+            # The page's load event (app.py on_load) fills the lists (models, runs, sets), never a form's
+            # value (tests/test_page_load.py). It is queued: wait for it to be sent, then give it a second
+            # to answer (it takes ~0.1 s; the answer's stream stays open), so the lists are the newest.
             with page.expect_request_finished(lambda r: "/queue/join" in r.url):
                 page.goto(url)
             page.locator("#dream-prompt textarea").wait_for()

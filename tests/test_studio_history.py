@@ -15,16 +15,13 @@ import shutil
 from pathlib import Path
 
 import pytest
+from browser_util import ARTIFACTS, CHROMIUM, PLAYWRIGHT, open_page
 from PIL import Image
 from test_app_api import SMALL, dream, running_studio
 from test_studio_train import photos, train_args
 
-from conftest import REPO
-
 pytestmark = pytest.mark.timeout(600)
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or "/usr/bin/chromium"
-ARTIFACTS = REPO / "test-artifacts" / "browser"
 RUN = "hist-run"
 
 
@@ -163,18 +160,11 @@ def test_train_streams_the_corridor_curves_with_their_marks(made):
 
 @pytest.fixture(scope="module")
 def page(made):
-    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (requirements-dev.txt)")
+    pytest.importorskip("playwright.sync_api", reason=PLAYWRIGHT)
     if not Path(CHROMIUM).exists():
         pytest.skip("no chromium: apt-get install -y chromium (as root)")
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-dev-shm-usage"])
-        page = browser.new_page(viewport={"width": 1440, "height": 900})
-        page.set_default_timeout(30_000)
-        page.goto(made[0])
-        page.locator("#dream-prompt textarea").wait_for()
+    with open_page(made[0]) as page:
         yield page
-        browser.close()
 
 
 def expect():

@@ -99,7 +99,9 @@ class TrainSettings:
     lora_rank: int = _f(4, range=(1, 1024))
     lora_alpha: float = _f(4.0, range=(0.0, 4096.0))
     lora_text_encoder: bool = _f(False, doc="lora: also train a text-encoder LoRA")
-    text_encoder_lr: float = _f(5e-6, range=(0.0, 10.0), doc="lora/pivotal: text-encoder LoRA / new-token learning rate")
+    # SD 1.5's text-encoder LoRA trains in the UNet's group at learning_rate (modes.py; kept bit-identical)
+    text_encoder_lr: float = _f(5e-6, range=(0.0, 10.0), doc="pivotal: the new tokens' learning rate; SDXL lora: also "
+                                "the text-encoder LoRA's (SD 1.5's trains at learning_rate)")
     num_new_tokens: int = _f(2, range=(1, 16), doc="pivotal: new embeddings that stand for the trigger word")
     ti_fraction: float = _f(0.5, range=(0.0, 1.0), doc="pivotal: the new tokens train for this fraction, then freeze")
     # speed and memory (none changes what is learned)

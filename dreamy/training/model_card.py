@@ -180,13 +180,26 @@ def _run_record(step: Path) -> dict[str, Any]:
     return record if isinstance(record, dict) else {}
 
 
-def _text_encoder(s: dict[str, Any], mode: str) -> str:
+def _text_encoder(s: dict[str, Any], mode: str, sdxl: bool = False) -> str:
+    """What of the text encoder trained, at the lr it really had: new tokens (pivotal) and SDXL's
+    text-encoder LoRA at ``text_encoder_lr`` (modes.py, sdxl_modes.py); SD 1.5's text-encoder LoRA at
+    ``learning_rate``, in the UNet's optimizer group (modes.py); Prodigy gives every group
+    ``learning_rate`` as its multiplier (0 stays 0: optim.py)."""
     if mode == "pivotal":
-        return (f"only {s.get('num_new_tokens')} new token embedding(s) for `{s.get('trigger_word')}`, at lr "
-                f"{s.get('text_encoder_lr'):g}, for the first {s.get('ti_fraction'):g} of the steps, then frozen")
+        return (f"only {s.get('num_new_tokens')} new token embedding(s) for `{s.get('trigger_word')}`, at "
+                f"{_lr(s, 'text_encoder_lr')}, for the first {s.get('ti_fraction'):g} of the steps, then frozen")
     if mode == "lora":
-        return f"yes, a LoRA at lr {s.get('text_encoder_lr'):g}" if s.get("lora_text_encoder") else "no"
+        key = "text_encoder_lr" if sdxl else "learning_rate"  # SD 1.5: the UNet's lr (its recorded behaviour)
+        return f"yes, a LoRA at {_lr(s, key)}" if s.get("lora_text_encoder") else "no"
     return "yes (full)" if s.get("train_text_encoder") else "no"
+
+
+def _lr(s: dict[str, Any], key: str) -> str:
+    """A group's lr as the optimizer used it: ``lr 0.0002 (text_encoder_lr)``."""
+    value = s.get(key)
+    if s.get("optimizer") == "prodigy" and key != "learning_rate" and value:
+        return f"lr {s.get('learning_rate'):g} (Prodigy's multiplier, learning_rate)"
+    return f"lr {value:g} ({key})" if isinstance(value, int | float) else f"lr ? ({key})"
 
 
 def training_rows(step: Path, meta: dict[str, Any]) -> list[tuple[str, str]]:
@@ -216,7 +229,7 @@ def training_rows(step: Path, meta: dict[str, Any]) -> list[tuple[str, str]]:
                       f"{s['adam_beta2']:g}), weight decay {s['weight_decay']:g}"),
         ("Resolution", f"{s['resolution']} x {s['resolution']}, {s.get('crop', 'center')} crop"),
         ("Mixed precision", s.get("mixed_precision", "?")),
-        ("Text encoder trained", _text_encoder(s, mode) + (" (both SDXL text encoders: clip_l and clip_g)" if both
+        ("Text encoder trained", _text_encoder(s, mode, meta.get("arch") == "sdxl") + (" (both SDXL text encoders: clip_l and clip_g)" if both
                                                            else "")),
     ]
     if mode in ("lora", "pivotal"):

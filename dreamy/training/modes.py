@@ -186,7 +186,7 @@ def _add_tokens(tokenizer: Any, text_encoder: Any, n: int, seed: int) -> tuple[l
         raise TrainSetupError("The tokenizer did not append the new tokens at the end of its vocabulary.")
     weight = text_encoder.get_input_embeddings().weight
     gen = torch.Generator().manual_seed(derived_seed(seed, "new-tokens"))
-    rows = torch.randn(n, old.shape[1], generator=gen) * old.float().std()
+    rows = torch.randn(n, old.shape[1], generator=gen) * old.float().std().cpu()  # drawn on the CPU: any device, same rows
     with torch.no_grad():
         weight.data = weight.data.float()
         weight[old.shape[0] :] = rows.to(weight.device)
