@@ -11,7 +11,9 @@ x N, gradients summed across ranks, files written by the main process.
 ``Run``: ``run_setup.set_up`` (checks, base model, trainables, optimizer, batches, run folder or
 resume; ``speed.py`` picks the step), ``steps.optimizer_step`` (``loss.py`` for a micro-step), and
 ``checkpointing``: ``save`` (a snapshot written in the background), ``start_row`` (Dream's path on
-the checkpoint's weights, beside the next steps on CUDA: ``rows.py``), ``meter`` (the corridor meter), ``catch_up`` (a resume: what a killed run left out), ``finish``.
+the checkpoint's weights, then the corridor meter, beside the next steps on CUDA: ``rows.py``),
+``meter`` (the meter alone, for a run without renders), ``catch_up`` (a resume: what a killed run
+left out), ``finish``.
 """
 
 from __future__ import annotations
