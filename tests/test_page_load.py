@@ -4,7 +4,8 @@ On a busy machine the load event's answer arrives seconds after the page painted
 each tab's preset values and locks back into the forms, silently undoing an Unlock or a value typed
 meanwhile. Now the forms hold their preset's values from the build, and the load event only fills
 lists (models, runs, training sets). Checked on the load handler's answer itself, and in a browser
-with the load answer held back artificially while the visitor edits Dream, Train and Enlarge.
+with the load answer held back artificially while the visitor picks another preset, ticks Unlock and
+types values in Dream, Train and Enlarge.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from browser_util import CHROMIUM, PLAYWRIGHT, open_page, set_number
 from test_app_api import running_studio
 
 pytestmark = pytest.mark.timeout(300)
-HELD_S = 6.0  # how long the browser test holds the load answer back
+HELD_S = 20.0  # how long the browser test holds the load answer back (the edits take ~5-10 s)
 
 
 def load_dependency(demo):
@@ -69,7 +70,7 @@ def slow_load(tmp_path_factory):
             yield url, done
 
 
-@pytest.mark.slow  # a browser, and a load answer held back for seconds: ~30 s on 2 cores
+@pytest.mark.slow  # a browser, and a load answer held back 20 s: ~45 s on 2 cores
 def test_a_late_load_answer_keeps_an_unlock_and_values_typed_meanwhile(slow_load):
     from pathlib import Path
 
@@ -80,6 +81,9 @@ def test_a_late_load_answer_keeps_an_unlock_and_values_typed_meanwhile(slow_load
     url, done = slow_load
     with open_page(url) as page:  # its settle second is well inside the held answer
         assert not done.is_set(), "the load answer came before the visitor could change anything"
+        page.locator("#dream-preset input").first.click()  # another preset: its values fill the form
+        page.locator("ul[role=listbox] li").filter(has_text="word-style").first.click()
+        expect(page.locator("#dream-width input").first).to_have_value("1024")
         page.locator("#dream-unlock input").check()
         set_number(page, "#dream-steps", 7)
         page.get_by_role("tab", name="Enlarge").click()
@@ -98,6 +102,8 @@ def test_a_late_load_answer_keeps_an_unlock_and_values_typed_meanwhile(slow_load
         expect(page.locator("#enlarge-steps input").first).to_have_value("3")
         expect(page.locator("#enlarge-steps input").first).to_be_editable()
         page.get_by_role("tab", name="Dream").click()
+        expect(page.locator("#dream-preset input").first).to_have_value("word-style")
+        expect(page.locator("#dream-width input").first).to_have_value("1024")  # word-style's, not biased-dreams'
         expect(page.locator("#dream-steps input").first).to_have_value("7")
         expect(page.locator("#dream-steps input").first).to_be_editable()
         assert page.locator("#dream-unlock input").is_checked()

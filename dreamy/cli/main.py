@@ -22,7 +22,10 @@ _DREAM_FLAGS = {
     "height": int,
     "sampler": str,
     "precision": str,
+    "prompt_syntax": str,
 }
+_FLAG_HELP = {"prompt_syntax": "plain (stock diffusers' reading) or a1111 (A1111's (word:1.2), [word], BREAK and "
+                               "prompts of any length); locked by the built-in presets: needs --unlock"}
 
 
 def cmd_dream(args: argparse.Namespace) -> int:
@@ -69,7 +72,7 @@ def _add_dream_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", default="0", help="7 | 0-15 | 1,5,9 | 100-200:10 (default: 0)")
     p.add_argument("--out", required=True, help="output folder")
     for name, tp in _DREAM_FLAGS.items():
-        p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=tp, default=None)
+        p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=tp, default=None, help=_FLAG_HELP.get(name))
     p.add_argument("--unlock", nargs="?", const="all", default=None, type=str,
                    help="allow changing locked settings: all of them, or a comma list (e.g. guidance,steps)")
     p.add_argument("--batch-size", type=int, default=1, help="seeds per batch on the GPU (images do not change)")
