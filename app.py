@@ -218,8 +218,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def preload() -> None:
-    """Import the engines (torch, diffusers, transformers: ~17 s cold on the GPU image) while the page
-    loads, so the first job does not pay for them. Failures are left for that job to report."""
+    """Import the engines (torch, diffusers, transformers: ~17 s cold on the GPU image) while SD 1.5
+    downloads, so the first job does not pay for them. Failures are left for that job to report."""
     try:
         from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel  # noqa: F401
         from transformers import CLIPTextModel  # noqa: F401
@@ -239,8 +239,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"dreamy: {problem}", file=sys.stderr)
         raise SystemExit(2)
     shared = on_space or args.share or not is_loopback(host)
-    threading.Thread(target=preload, name="dreamy-preload", daemon=True).start()  # imports while SD 1.5 downloads
+    engines = threading.Thread(target=preload, name="dreamy-preload", daemon=True)
+    engines.start()  # imports while SD 1.5 downloads
     model = args.model or starting_model(note=lambda line: print(f"dreamy: {line}", flush=True))
+    # Built only once the imports are done: diffusers' lazy module is not safe to import from two threads
+    # at once (the page's build reads its schedulers; on a 2-core machine it crashed every start).
+    engines.join()
     if shared:  # what the studio needs is fetched above; its visitors must not fill the disk
         hub.turn_off_downloads("a shared studio")
     if os.environ.get("SPACES_ZERO_GPU"):  # ZeroGPU wants weights loaded at start; @spaces.GPU only computes

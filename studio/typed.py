@@ -47,6 +47,22 @@ def check_value(component: Any, name: str, value: Any) -> None:
             raise gr.Error(f"{what} must be text, got {value!r:.40}.", print_exception=False)
 
 
+def _check_before_preprocess(component: Any, name: str) -> None:
+    """Check a Number's or Slider's value before Gradio's own preprocess sees it: that compares it with
+    the widget's minimum or rounds it first, and a string there (``"2"``) fails inside Gradio, which
+    an API client gets as "the upstream Gradio app has raised an exception", not as a sentence."""
+    if not isinstance(component, gr.Number | gr.Slider) or getattr(component, "_dreamy_checked", False):
+        return
+    preprocess = component.preprocess
+
+    def checked(payload: Any) -> Any:
+        check_value(component, name, payload)  # gr.Error: Gradio passes it to the client as it is
+        return preprocess(payload)
+
+    component.preprocess = checked
+    component._dreamy_checked = True  # wired to several handlers: checked once, by its first name
+
+
 def typed(fn: Callable, inputs: Sequence[Any]) -> Callable:
     """``fn`` with its first ``len(inputs)`` arguments checked against ``inputs`` (the wired components).
 
@@ -54,6 +70,8 @@ def typed(fn: Callable, inputs: Sequence[Any]) -> Callable:
     generator function when ``fn`` is one (Gradio streams only those).
     """
     names = list(inspect.signature(fn).parameters)[: len(inputs)]
+    for component, name in zip(inputs, names, strict=False):
+        _check_before_preprocess(component, name)
 
     def check(args: tuple, kwargs: dict) -> None:
         bound = dict(zip(names, args, strict=False)) | {k: v for k, v in kwargs.items() if k in names}

@@ -40,6 +40,25 @@ def test_an_exposed_studio_refuses_to_start_without_sign_in(argv, capsys):
     assert "add --auth user:password" in capsys.readouterr().err
 
 
+def test_the_studio_is_built_only_after_the_engines_are_imported(monkeypatch, tmp_path):
+    """`python app.py` crashed on every start on a 2-core machine: the page's build read diffusers'
+    schedulers while the preload thread was importing diffusers (its lazy module is not thread-safe)."""
+    import app
+
+    order: list[str] = []
+
+    def slow_preload() -> None:
+        time.sleep(0.5)  # a slow machine: the imports outlast everything main() does before the build
+        order.append("preloaded")
+
+    monkeypatch.setattr(app, "preload", slow_preload)
+    monkeypatch.setattr(app, "build", lambda studio: order.append("built") or "ui")
+    monkeypatch.setattr(app, "launch", lambda ui, studio, **kw: order.append("launched"))
+    monkeypatch.setenv("DREAMY_OUTPUTS", str(tmp_path / "outputs"))
+    app.main(["--model", "tiny"])
+    assert order == ["preloaded", "built", "launched"]
+
+
 def test_sign_ins_must_be_well_formed_and_can_come_from_a_file(tmp_path):
     import app
 

@@ -25,7 +25,7 @@ def test_a_prompt_file_is_read_one_prompt_a_line(tmp_path):
     with pytest.raises(DreamyError, match="Cannot read the prompt file .*not UTF-8"):
         read_prompt_file(f)
     f.write_text("# only a comment\n\n")
-    with pytest.raises(DreamyError, match="at least one prompt"):
+    with pytest.raises(DreamyError, match="holds no prompt: write one per line"):
         read_prompt_file(f)
     with pytest.raises(DreamyError, match="Cannot read the prompt file"):
         read_prompt_file(tmp_path / "missing.txt")

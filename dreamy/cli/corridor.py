@@ -20,7 +20,8 @@ def add_parser(sub: Any) -> None:
                    "run trained before the meter existed")
     c.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:1, mps")
     c.add_argument("--no-measure", action="store_true", help="print what is stored; measure nothing")
-    c.add_argument("--models-dir", default=None, help="where runs live (default: $DREAMY_MODELS, else ./models)")
+    c.add_argument("--models-dir", default=None, help="where runs live (default: $DREAMY_MODELS, else "
+                   "models/ beside dreamy/, not the working directory)")
     c.set_defaults(func=cmd_corridor)
 
 

@@ -47,9 +47,12 @@ def cmd_add_to_set(args: argparse.Namespace) -> int:
     for path in report.added:
         caption = path.with_suffix(".txt")
         print(path if args.no_captions or not caption.is_file() else f"{path}\t{caption.read_text('utf-8').strip()}")
+    if not report.added:  # every picture skipped: say so, not "train on it"
+        note(f"nothing was added to training set {report.name}")
+        return 2
     note(f"training set {report.name}: {report.files} files in {report.folder}; train on it with "
          f"--images {report.folder} --captions files")
-    return 0 if report.added or not args.pictures else 2
+    return 0
 
 
 def add_parser(sub) -> None:

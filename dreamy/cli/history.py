@@ -12,8 +12,10 @@ def add_parser(sub: Any) -> None:
     h = sub.add_parser("history", help="past training runs and dreams (newest first), or one run's summary: "
                        "recipe, photos, checkpoints, loss, corridor meter")
     h.add_argument("run", nargs="?", help="a run's name (or folder) under --models-dir: print its summary")
-    h.add_argument("--models-dir", default=None, help="where runs live (default: $DREAMY_MODELS, else ./models)")
-    h.add_argument("--outputs-dir", default=None, help="where jobs write (default: $DREAMY_OUTPUTS, else ./outputs)")
+    h.add_argument("--models-dir", default=None, help="where runs live (default: $DREAMY_MODELS, else "
+                   "models/ beside dreamy/, not the working directory)")
+    h.add_argument("--outputs-dir", default=None, help="where jobs write (default: $DREAMY_OUTPUTS, else "
+                   "outputs/ beside dreamy/, not the working directory)")
     h.add_argument("--limit", type=int, default=20, help="dream jobs listed at most (default 20)")
     h.set_defaults(func=cmd_history)
 

@@ -69,7 +69,8 @@ def add_parser(sub: Any) -> None:
                    "single-file, lora, card (default: none; with --export-only: diffusers,single-file,card)")
     t.add_argument("--export-only", default=None, metavar="STEP", nargs="?", const="latest",
                    help="do not train: export the run's newest checkpoint (or STEP) with --export")
-    t.add_argument("--models-dir", default=None, help="where runs live (default: $DREAMY_MODELS, else ./models)")
+    t.add_argument("--models-dir", default=None, help="where runs live (default: $DREAMY_MODELS, else "
+                   "models/ beside dreamy/, not the working directory)")
     t.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:1, mps; under accelerate "
                    "launch each process takes its own GPU (cpu: N CPU processes)")
     t.set_defaults(func=cmd_train)

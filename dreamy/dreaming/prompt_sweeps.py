@@ -69,6 +69,9 @@ def read_prompt_file(path: str | os.PathLike) -> list[str]:
         why = "not UTF-8 or UTF-16 text" if isinstance(e, UnicodeDecodeError) else (e.strerror or type(e).__name__)
         raise DreamyError(f"Cannot read the prompt file '{path}': {why}.") from None
     lines = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+    if not any(line.strip() for line in lines):  # name the file, not the studio's variants box
+        raise DreamyError(f"The prompt file '{Path(path).name}' holds no prompt: write one per line (blank lines and lines "
+                          "starting with # are skipped).")
     return expand_prompts("\n".join(lines), "{prompt}")
 
 

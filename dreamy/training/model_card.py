@@ -203,11 +203,14 @@ def _lr(s: dict[str, Any], key: str) -> str:
 
 
 def training_rows(step: Path, meta: dict[str, Any]) -> list[tuple[str, str]]:
-    """The "Training" section's (setting, value) rows, as the run trained: from its ``run.json`` (the
-    recipe, the base and the photos with their captions) where there is one, else from the
-    checkpoint's own record ``meta``. Values are the recipe's (the optimizer as the recipe names it)."""
+    """The "Training" section's (setting, value) rows, as the run trained up to this checkpoint: the
+    recipe from the checkpoint's own record ``meta`` (else ``run.json``'s), the base and the photos with
+    their captions from its ``run.json`` where there is one, else from ``meta``. Values are the recipe's
+    (the optimizer as the recipe names it)."""
     run = _run_record(step)
-    recipe = run.get("recipe") if isinstance(run.get("recipe"), dict) else meta["recipe"]
+    # the checkpoint's own recipe first: a resume that raised max_train_steps (or changed any setting)
+    # records it there, while run.json keeps the recipe the run started with
+    recipe = meta["recipe"] if isinstance(meta.get("recipe"), dict) else run.get("recipe")
     s, base, mode = recipe["settings"], run.get("base") or meta["base"], meta.get("mode", recipe["settings"].get("mode"))
     photos = run.get("photos") if isinstance(run.get("photos"), list) else []
     processes = int(run.get("processes", 1) or 1)

@@ -146,6 +146,9 @@ def add_to_training_set(
     for f in files:
         src = Path(f)
         target_name = safe_filename(src.name)
+        if not src.exists():  # a mistyped path is said as such, not as "not an image"
+            notes.append(f"{target_name}: no such file, skipped")
+            continue
         if not is_image_name(target_name) or not src.is_file():
             kind = sniff(src) if src.is_file() else None
             notes.append(f"{target_name}: a {kind} picture under another suffix; rename it to .{kind.lower()}, skipped"
