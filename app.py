@@ -27,6 +27,7 @@ from dreamy.layout import models_root, outputs_root
 from dreamy.models import hub
 from dreamy.models.sources import TINY_NAME, starting_model
 from studio import dream_tab, enlarge_tab, history, particles_tab, train_tab
+from studio.errors import user_errors
 from studio.session import Studio
 
 CSS = """
@@ -78,15 +79,21 @@ def build(studio: Studio) -> gr.Blocks:
         dream.send_all_enlarge.click(all_to_enlarge, [dream.paths], [enlarge.image, enlarge.more, tabs],
                                      api_visibility="private")
 
-        def cell_to_dream(run: str, index: int | None):
-            """The corridor loop's hand-off: a cell of Train's grid opens its checkpoint and seed in Dream."""
+        def cell_to_dream(run: str, index: int | None, current_preset: str):
+            """The corridor loop's hand-off: a cell of Train's grid opens its checkpoint and seed in Dream,
+            with the cell's own settings (its preset, prompt, sampler, size: the run's validation recipe),
+            so Dream's picture is the cell's."""
             source, cell, folder = history.cell_of(studio, run, index)
             models, runs = dream_tab.refresh_pickers(studio)  # a run trained since the page loaded is listed
-            gr.Info(f"Dream is set to {run} · step {cell.step} with seed {cell.seed}: press Dream, or widen the seeds.")
-            return {**models, "value": source}, str(cell.seed), {**runs, "value": folder}, gr.Tabs(selected="dream")
+            with user_errors("dream"):
+                form = dream.form_from(str(cell.path), current_preset)
+            gr.Info(f"Dream is set to {run} · step {cell.step} with seed {cell.seed} and the grid's settings: "
+                    "press Dream, or widen the seeds.")
+            return [{**models, "value": source}, str(cell.seed), {**runs, "value": folder}, gr.Tabs(selected="dream"),
+                    *form]
 
-        train.to_dream.click(cell_to_dream, train.picked, [dream.model, dream.seeds, dream.run, tabs],
-                             api_visibility="private")
+        train.to_dream.click(cell_to_dream, [*train.picked, dream.form[0]],
+                             [dream.model, dream.seeds, dream.run, tabs, *dream.form], api_visibility="private")
         # the log box scrolls to its newest line on change; one filled while the tab was hidden does so when shown
         train_page.select(None, None, None, js=train_tab.LOG_TO_END, queue=False, api_visibility="private")
         # Sets made since the page loaded (Dream's "Add selected to training set") appear in Train's list

@@ -5,7 +5,7 @@ picture with its caption file)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import gradio as gr
@@ -53,6 +53,8 @@ class DreamTab:
     init_outputs: list
     seeds: Any = None  # set by a grid cell opened from Train (app.py)
     send_all_enlarge: Any = None  # "Send all to Enlarge": the gallery's pictures as Enlarge's batch (app.py)
+    form: list = field(default_factory=list)  # [preset, unlock, *fields]: what a PNG's recipe sets (app.py)
+    form_from: Any = None  # (png, current preset) -> updates for ``form``: the PNG's own settings
 
 
 SD15_DOWNLOAD = f"SD 1.5 (download, {SD15.summary})"  # "~4.3 GB, CreativeML OpenRAIL-M": fp32 unet, vae, text encoder
@@ -286,11 +288,20 @@ def build(studio: Studio) -> DreamTab:
             if not png:
                 raise gr.Error("Drop a PNG first.")
             form = dream_form(png, current_preset)
-            needs_unlock = bool(form.unlock)
             seed = str(form.seed) if form.seed is not None else gr.update()
             mdl = form.model if form.model and _allowed(studio, form.model) else gr.update()
-            return [gr.update(value=form.preset), seed, needs_unlock, mdl,
-                    *locked_updates(form.preset, "dream", FIELDS, needs_unlock, form.values, marks=True)]
+            return [seed, mdl, *form_updates(form)]
+
+    def form_updates(form) -> list:
+        """[preset, unlock, *fields] set to a PNG's settings (unlocked where they differ from its preset)."""
+        needs_unlock = bool(form.unlock)
+        return [gr.update(value=form.preset), needs_unlock,
+                *locked_updates(form.preset, "dream", FIELDS, needs_unlock, form.values, marks=True)]
+
+    def form_from(png: str, current_preset: str) -> list:
+        from dreamy.png.info import dream_form
+
+        return form_updates(dream_form(png, current_preset))
 
     def select(evt: gr.SelectData):
         return evt.index
@@ -345,7 +356,7 @@ def build(studio: Studio) -> DreamTab:
     recall_png.change(read_recipe, recall_png, recall_info, api_name="read_recipe")
     recall_png.change(lambda: (None, ""), None, [recall_out, recall_status], api_visibility="private",
                       queue=False)  # another file: the last re-dream and its verdict go
-    recall_use.click(use_settings, [recall_png, preset], [preset, seeds, unlock, model, *fields],
+    recall_use.click(use_settings, [recall_png, preset], [seeds, model, preset, unlock, *fields],
                      api_visibility="private", show_progress="hidden")
     preset.input(lambda name, u: [preset_description(name), *locked_updates(name, "dream", FIELDS, u, marks=True)],
                  [preset, unlock], [description, *fields], api_visibility="private", show_progress="hidden")
@@ -360,7 +371,7 @@ def build(studio: Studio) -> DreamTab:
     # Page load: nothing. The form is drawn with PRESET's values and locks at build time (preset_widget),
     # and a load answer that came late on a busy machine reset a preset or an Unlock picked meanwhile.
     return DreamTab(model, run, paths, selected, send_enlarge, send_particles, send, list, [], seeds=seeds,
-                    send_all_enlarge=send_all_enlarge)
+                    send_all_enlarge=send_all_enlarge, form=[preset, unlock, *fields], form_from=form_from)
 
 
 def refresh_pickers(studio: Studio):

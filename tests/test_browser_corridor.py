@@ -128,20 +128,23 @@ def test_the_corridor_loop_from_training_to_an_enlarged_keeper(page, studio, tmp
     expect(page.locator("#train-to-dream")).to_have_text("Dream step 2 · seed 1")
     laptop(page, "corridor-1-train", top="#train-loss")
 
-    # 3 · Dream opens that checkpoint and seed, and dreams it
+    # 3 · Dream opens that checkpoint and seed with the grid's own settings (the run's validation recipe:
+    #     its smaller size and fewer steps, unlocked and marked), and dreams the cell's picture again
     page.locator("#train-to-dream").click()
     expect(page.get_by_role("tab", name="Dream")).to_have_attribute("aria-selected", "true")
     expect(page.locator("#dream-model input").first).to_have_value(f"{RUN} · step 2", timeout=10_000)
-    expect(page.locator("#dream-seeds textarea, #dream-seeds input").first).to_have_value("1")
-    page.locator("#dream-unlock input").check()
+    expect(page.locator("#dream-seeds textarea, #dream-seeds input").first).to_have_value("1", timeout=20_000)
+    expect(page.locator("#dream-unlock input")).to_be_checked(timeout=20_000)  # a busy machine answers late
     for name, value in SMALL.items():
-        set_number(page, f"#dream-{name}", value)
+        expect(page.locator(f"#dream-{name} input").first).to_have_value(str(value), timeout=20_000)
     page.locator("#dream-go").click()
     wait_for(page, "#dream-status", "1 dreamed", 120_000)
     assert_a_column_wide(page, "#dream-gallery", 4)
     made = next((studio[1].outputs / "dream").glob("*/step000002-seed000001.png"))
     recipe = json.loads(Image.open(made).info["dreamy"])
     assert recipe["seed"] == 1 and recipe["model"]["checkpoint_step"] == 2 and RUN in recipe["model"]["source"]
+    cell = next((studio[1].models / RUN / "validation").glob("step000002-seed000001.png"))
+    assert Image.open(made).tobytes() == Image.open(cell).tobytes()  # the cell's picture, pixel for pixel
     laptop(page, "corridor-2-dream")
 
     # 4 · The keeper goes to Enlarge, whose locks are marked under plain names, and is enlarged
