@@ -96,12 +96,12 @@ def start_row(run: Run, rows: RowRenderer, step: int, pending: PendingWrite | No
 
 def meter(run: Run, step: int) -> None:
     """The corridor meter of checkpoint ``step`` on the live weights, for a run without validation renders
-    (the main process; everyone waits); its failure is said by ``corridor_notice``.
-    It measures the live weights eagerly: its eval batches would each cost a compile of their own."""
+    (the main process only; the caller's barrier makes the others wait); its failure is said by
+    ``corridor_notice``. It measures the live weights eagerly: its eval batches would each cost a compile
+    of their own."""
     if run.group.is_main:
         with eager(run.tr.unet):
             run.corridor_note = _measure(run, run.live, step)
-    run.group.barrier()
 
 
 def _measure(run: Run, model: SDModel, step: int) -> str | None:

@@ -159,8 +159,9 @@ def _run(run: Run, cancel: CancelToken | None) -> Iterator[TrainEvent]:
 def _steps(run: Run, cancel: CancelToken | None, rows: RowRenderer) -> Iterator[TrainEvent]:
     s, group, total = run.s, run.group, run.total
     if run.start == 0:  # the base model's renders: the grid's first row
-        if not start_row(run, rows, 0, None, None):
+        if not start_row(run, rows, 0, None, None):  # the main process only: the others get False
             meter(run, 0)
+        group.barrier()  # every process passes here alike, whatever the main process did
         yield from rows.results()  # rendered in the loop (CPU): its events now, as a resume's rows
         yield from corridor_notice(run, 0)
     else:
@@ -194,6 +195,7 @@ def _steps(run: Run, cancel: CancelToken | None, rows: RowRenderer) -> Iterator[
         yield from rows.results(wait=True)  # the previous row, should it still render: the model is shared
         if not start_row(run, rows, step, pending, parts, last=step == total):
             meter(run, step)
+        group.barrier()
         del parts  # the snapshot's device copy: the validation model has taken it
         ckpt_times.append(time.perf_counter() - t1)
         yield from rows.results()
